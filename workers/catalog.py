@@ -1,0 +1,191 @@
+"""What the database says about the user's table: existence, key, column types.
+
+Type names come from ``format_type()``, which emits valid SQL type syntax;
+they are still checked against a narrow pattern before they are ever used
+in a statement.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from migrations.errors import BadInput
+from migrations.identifiers import QualifiedName
+
+_TYPE_TEXT = re.compile(r'[A-Za-z0-9_ ,()\[\]".]+')
+
+KEY_TYPES = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "uuid",
+        "text",
+        "character varying",
+        "numeric",
+        "date",
+        "timestamp without time zone",
+        "timestamp with time zone",
+    }
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableInfo:
+    schema: str
+    name: str
+    columns: dict[str, str]
+    unique_columns: frozenset[str]
+    estimated_rows: int
+
+
+def type_sql(type_text: str) -> sql.SQL:
+    """A catalog type name as SQL, refusing anything that does not look like one."""
+    if not _TYPE_TEXT.fullmatch(type_text):
+        raise BadInput("unexpected type name in catalog")
+    return sql.SQL(type_text)
+
+
+def describe_table(conn: psycopg.Connection[Any], name: QualifiedName) -> TableInfo:
+    oid_row = conn.execute(
+        "SELECT to_regclass(%s)::oid AS oid", (sql.Identifier(*name.parts).as_string(conn),)
+    ).fetchone()
+    oid = oid_row["oid"] if oid_row else None
+    if oid is None:
+        raise BadInput(f"table {name} does not exist")
+    meta = conn.execute(
+        """SELECT n.nspname AS schema, c.relname AS name, c.relkind AS kind,
+                  greatest(c.reltuples, 0)::bigint AS estimate
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s""",
+        (oid,),
+    ).fetchone()
+    assert meta is not None
+    if meta["kind"] not in ("r", "p"):
+        raise BadInput(f"{name} is not a table")
+    cols = conn.execute(
+        """SELECT attname, format_type(atttypid, atttypmod) AS type, attgenerated
+             FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+            ORDER BY attnum""",
+        (oid,),
+    ).fetchall()
+    unique = conn.execute(
+        """SELECT a.attname FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1
+              AND i.indpred IS NULL AND i.indisvalid""",
+        (oid,),
+    ).fetchall()
+    return TableInfo(
+        schema=meta["schema"],
+        name=meta["name"],
+        columns={c["attname"]: c["type"] for c in cols if not c["attgenerated"]},
+        unique_columns=frozenset(u["attname"] for u in unique),
+        estimated_rows=int(meta["estimate"]),
+    )
+
+
+def base_type(type_text: str) -> str:
+    """``character varying(20)`` -> ``character varying``; ``numeric(8,2)`` -> ``numeric``."""
+    return re.sub(r"\(.*\)", "", type_text).strip()
+
+
+def expression_types(
+    conn: psycopg.Connection[Any],
+    name: QualifiedName,
+    expressions: dict[str, str],
+    where: str | None,
+) -> dict[str, int]:
+    """The type OID each SQL expression yields over the table, without reading a row."""
+    cols = sql.SQL(", ").join(
+        sql.SQL("({e}) AS {c}").format(e=sql.SQL(e), c=sql.Identifier(c))
+        for c, e in expressions.items()
+    )
+    filt = sql.SQL("({})").format(sql.SQL(where)) if where else sql.SQL("TRUE")
+    cur = conn.execute(
+        sql.SQL("SELECT {cols} FROM {t} AS t WHERE FALSE AND {w}").format(
+            cols=cols, t=sql.Identifier(*name.parts), w=filt
+        )
+    )
+    assert cur.description is not None
+    return {d.name: d.type_code for d in cur.description}
+
+
+def assignable(conn: psycopg.Connection[Any], source_oid: int, target: str) -> bool:
+    """Can a value of type ``source_oid`` be stored in a column of type ``target``?
+
+    The same rule as an UPDATE's assignment: the same type, an implicit or
+    assignment cast, a binary-coercible domain base, unknown literals, or any
+    type into a string type (I/O conversion).
+    """
+    row = conn.execute(
+        """SELECT t.oid AS target_oid, t.typcategory AS cat,
+                  (SELECT typbasetype FROM pg_type WHERE oid = t.oid) AS base
+             FROM pg_type t WHERE t.oid = to_regtype(%s)""",
+        (target,),
+    ).fetchone()
+    if row is None:
+        return False
+    target_oid = row["base"] or row["target_oid"]
+    if source_oid in (target_oid, 705):  # 705: unknown (a bare literal)
+        return True
+    if row["cat"] == "S":
+        return True
+    cast = conn.execute(
+        """SELECT 1 FROM pg_cast WHERE castsource = %s AND casttarget = %s
+              AND castcontext IN ('a', 'i')""",
+        (source_oid, target_oid),
+    ).fetchone()
+    return cast is not None
+
+
+def check_where(conn: psycopg.Connection[Any], name: QualifiedName, where: str) -> None:
+    """Parse and plan the filter once (no rows read), so a typo fails before a run exists."""
+    conn.execute(
+        sql.SQL("SELECT 1 FROM {t} AS t WHERE FALSE AND ({w})").format(
+            t=sql.Identifier(*name.parts),
+            w=sql.SQL(where),
+        )
+    )
+
+
+def sample_size_bytes(
+    conn: psycopg.Connection[Any],
+    name: QualifiedName,
+    key: str,
+    writes: tuple[str, ...],
+    rows: int = 1000,
+) -> float:
+    """Average bytes a pre-image row takes, from a small sample (for the disk estimate)."""
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in (key, *writes))
+    row = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(avg(pg_column_size(s.*)), 0) AS b FROM "
+            "(SELECT {cols} FROM {t} LIMIT {n}) AS s"
+        ).format(cols=cols, t=sql.Identifier(*name.parts), n=sql.Literal(int(rows))),
+    ).fetchone()
+    return float(row["b"]) if row else 0.0
+
+
+def average_row_bytes(conn: psycopg.Connection[Any], name: QualifiedName) -> float:
+    """Bytes per live row on disk (heap only), for the WAL estimate of a rewrite."""
+    row = conn.execute(
+        "SELECT pg_relation_size(to_regclass(%s)) AS bytes, "
+        "greatest(reltuples, 1) AS n FROM pg_class WHERE oid = to_regclass(%s)",
+        (sql.Identifier(*name.parts).as_string(conn),) * 2,
+    ).fetchone()
+    return float(row["bytes"]) / float(row["n"]) if row and row["bytes"] else 0.0
+
+
+def data_directory(conn: psycopg.Connection[Any]) -> str | None:
+    """The server's data directory, when this role may read it (else None)."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT current_setting('data_directory') AS d").fetchone()
+    except psycopg.Error:
+        return None
+    return str(row["d"]) if row else None

@@ -1,0 +1,118 @@
+"""DataFrames in and out of PostgreSQL's COPY text format, losslessly.
+
+CSV cannot tell NULL from an empty string once pandas has read it, so Ferry
+uses the text format: NULL is the bare ``\\N`` and every backslash in a value
+is escaped, which keeps the two apart. Escapes are undone only in columns
+that contain a backslash, so the common case stays vectorized.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from workers.catalog import base_type
+
+NULL = "\\N"
+_UNESCAPE = {"t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "\\": "\\"}
+_ESCAPE_RE = re.compile(r"\\(.)")
+_INTS = {"smallint", "integer", "bigint"}
+_FLOATS = {"real", "double precision", "numeric"}
+_PLAIN = _INTS | _FLOATS | {"uuid", "boolean", "date"}
+
+
+def read_copy(data: bytes, columns: Sequence[str], types: Mapping[str, str]) -> pd.DataFrame:
+    """A frame from COPY text output; integers, floats and booleans typed, the rest text."""
+    if not data:
+        return pd.DataFrame({c: pd.Series([], dtype=_empty_dtype(types.get(c))) for c in columns})
+    frame = pd.read_csv(
+        io.BytesIO(data),
+        sep="\t",
+        header=None,
+        names=list(columns),
+        dtype=str,
+        quoting=csv.QUOTE_NONE,
+        na_values=[NULL],
+        keep_default_na=False,
+        engine="c",
+    )
+    for col in columns:
+        series = frame[col]
+        if series.str.contains("\\", regex=False).any():
+            series = series.str.replace(_ESCAPE_RE, lambda m: _UNESCAPE.get(m[1], m[1]), regex=True)
+        kind = base_type(types.get(col, "text"))
+        if kind in _INTS:
+            series = pd.to_numeric(series).astype("Int64")
+        elif kind in _FLOATS:
+            series = pd.to_numeric(series).astype("float64")
+        elif kind == "boolean":
+            series = series.map({"t": True, "f": False}).astype("boolean")
+        frame[col] = series
+    return frame
+
+
+def _empty_dtype(type_text: str | None) -> str:
+    kind = base_type(type_text or "text")
+    if kind in _INTS:
+        return "Int64"
+    if kind in _FLOATS:
+        return "float64"
+    if kind == "boolean":
+        return "boolean"
+    return "object"
+
+
+def write_copy(
+    frame: pd.DataFrame, columns: Sequence[str], types: Mapping[str, str] | None = None
+) -> bytes:
+    """COPY text input for ``columns`` of ``frame`` (NULLs as ``\\N``, escapes applied).
+
+    ``types`` (catalog type names) lets columns that cannot hold a tab, newline or
+    backslash, such as integer or uuid keys, skip the escape scan.
+    """
+    if frame.empty:
+        return b""
+    plain = {c for c, t in (types or {}).items() if base_type(t) in _PLAIN}
+    texts = [_column_text(frame[c], escape=c not in plain) for c in columns]
+    lines = texts[0].str.cat(texts[1:], sep="\t") if len(texts) > 1 else texts[0]  # type: ignore[arg-type]
+    return ("\n".join(lines.tolist()) + "\n").encode()
+
+
+def _column_text(series: pd.Series, *, escape: bool = True) -> pd.Series:
+    missing = series.isna().to_numpy()
+    if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(
+        series.dtype
+    ):
+        text = series.astype(str)
+    elif pd.api.types.is_bool_dtype(series.dtype):
+        text = series.map({True: "t", False: "f"}).astype(object)
+    elif pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+        text = series.astype("float64").astype(str)
+        if np.isinf(values).any():
+            text = text.replace({"inf": "Infinity", "-inf": "-Infinity"})
+        return text.where(~missing, NULL)
+    elif pd.api.types.is_object_dtype(series.dtype) and any(
+        isinstance(v, (dict, list)) for v in series.head(50)
+    ):
+        text = pd.Series(
+            [json.dumps(v) if isinstance(v, (dict, list)) else v for v in series],
+            index=series.index,
+            dtype=object,
+        ).astype(str)
+    else:
+        text = series.astype(str)
+    if escape and text.str.contains(r"[\\\t\n\r]", regex=True).any():
+        text = (
+            text.str.replace("\\", "\\\\", regex=False)
+            .str.replace("\t", "\\t", regex=False)
+            .str.replace("\n", "\\n", regex=False)
+            .str.replace("\r", "\\r", regex=False)
+        )
+    return text.where(~missing, NULL)

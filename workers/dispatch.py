@@ -1,0 +1,54 @@
+"""Sending chunk tasks: deterministic ids, readable names and arguments for Flower."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+CHUNK_TASK = "ferry.chunk"
+ROLLBACK_TASK = "ferry.rollback_chunk"
+
+
+def chunk_task_id(run_id: int, chunk_no: int) -> str:
+    return f"ferry:{int(run_id)}:{int(chunk_no)}"
+
+
+def rollback_task_id(run_id: int, chunk_no: int) -> str:
+    return f"ferry:{int(run_id)}:{int(chunk_no)}:rollback"
+
+
+class Dispatcher:
+    """Sends tasks; a run's chunks always go to the queue the run was launched on."""
+
+    def __init__(self, app: Any, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def send_chunks(
+        self, run_id: int, chunk_nos: Iterable[int], *, queue: str | None = None
+    ) -> int:
+        return self._send(CHUNK_TASK, chunk_task_id, run_id, chunk_nos, queue)
+
+    def send_rollbacks(
+        self, run_id: int, chunk_nos: Iterable[int], *, queue: str | None = None
+    ) -> int:
+        return self._send(ROLLBACK_TASK, rollback_task_id, run_id, chunk_nos, queue)
+
+    def _send(
+        self, name: str, make_id: Any, run_id: int, chunk_nos: Iterable[int], queue: str | None
+    ) -> int:
+        sent = 0
+        with self.app.producer_or_acquire() as producer:
+            for chunk_no in chunk_nos:
+                self.app.send_task(
+                    name,
+                    args=[int(run_id), int(chunk_no)],
+                    task_id=make_id(run_id, chunk_no),
+                    queue=queue or self.queue,
+                    producer=producer,
+                    shadow=f"{name}[run {run_id} chunk {chunk_no}]",
+                    # the ledger is the outcome: no result channel per task
+                    ignore_result=True,
+                )
+                sent += 1
+        return sent

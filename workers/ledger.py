@@ -1,0 +1,249 @@
+"""The ledger: every read and write of Ferry's own tables, by named query.
+
+The ledger (schema ``ferry`` in the migrated database) is the source of
+truth. Functions that are one step of a bigger transaction take the
+connection; the rest open their own short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
+from workers.db import Database
+from workers.failures import report
+from workers.model import Run
+from workers.queries import ledger_migrations, queries
+
+LEDGER_LOCK = 0x66657272  # "ferr": advisory lock key for ledger migrations
+Conn = psycopg.Connection[Any]
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._mask_key: str | None = None
+
+    # -- schema ------------------------------------------------------------------------------
+    def init(self, *, wait_seconds: float = 30.0) -> list[int]:
+        """Create or upgrade the ledger; returns the versions applied now.
+
+        Polls ``pg_try_advisory_lock`` on a connection of its own rather than blocking
+        in ``pg_advisory_lock``, so two concurrent ``ferry init`` never deadlock.
+        """
+        with self.db.connect() as conn:
+            conn.autocommit = True
+            try:
+                deadline = time.monotonic() + wait_seconds
+                while not conn.execute(
+                    "SELECT pg_try_advisory_lock(%s) AS ok", (LEDGER_LOCK,)
+                ).fetchone()["ok"]:  # type: ignore[index]
+                    if time.monotonic() > deadline:
+                        raise CheckFailed("another ferry init holds the ledger lock")
+                    time.sleep(0.2)
+                try:
+                    return self._migrate(conn)
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (LEDGER_LOCK,))
+            finally:
+                conn.autocommit = False
+
+    def _migrate(self, conn: Conn) -> list[int]:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS ferry")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS ferry.ledger_version (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        done = {r["version"] for r in conn.execute("SELECT version FROM ferry.ledger_version")}
+        applied = []
+        for version, name, text in ledger_migrations():
+            if version in done:
+                continue
+            with conn.transaction():
+                conn.execute(text)
+                conn.execute(
+                    "INSERT INTO ferry.ledger_version (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+            applied.append(version)
+        conn.execute(q("put_meta"), {"key": "mask_key", "value": secrets.token_hex(32)})
+        return applied
+
+    def version(self) -> int | None:
+        with self.db.transaction() as conn:
+            exists = conn.execute("SELECT to_regclass('ferry.ledger_version') AS t").fetchone()
+            if not exists or exists["t"] is None:
+                return None
+            row = conn.execute("SELECT max(version) AS v FROM ferry.ledger_version").fetchone()
+            return None if row is None else row["v"]
+
+    def require(self) -> None:
+        expected = max(v for v, _, _ in ledger_migrations())
+        found = self.version()
+        if found is None:
+            raise NotFound("the ledger does not exist here: run `ferry init` first")
+        if found < expected:
+            raise CheckFailed(
+                f"the ledger is at version {found}, {expected} needed: run `ferry init`"
+            )
+
+    def mask_key(self, override: str | None = None) -> str:
+        if override:
+            return override
+        if self._mask_key is None:
+            with self.db.transaction() as conn:
+                row = conn.execute(q("get_meta"), {"key": "mask_key"}).fetchone()
+            self._mask_key = row["value"] if row else "ferry"
+        return self._mask_key
+
+    # -- runs ----------------------------------------------------------------------------------
+    def create_run(
+        self,
+        conn: Conn,
+        *,
+        backfill: str,
+        spec: Mapping[str, Any],
+        params: Mapping[str, Any],
+        actor: str,
+    ) -> int:
+        row = conn.execute(
+            q("insert_run"),
+            {"backfill": backfill, "spec": Jsonb(spec), "params": Jsonb(params), "actor": actor},
+        ).fetchone()
+        assert row is not None
+        return int(row["id"])
+
+    def insert_chunks(
+        self, conn: Conn, run_id: int, bounds: Iterable[tuple[str | None, str]]
+    ) -> int:
+        count = 0
+        with conn.cursor().copy("COPY ferry.chunks (run_id, chunk_no, lo, hi) FROM STDIN") as copy:
+            for chunk_no, (lo, hi) in enumerate(bounds):
+                copy.write_row((run_id, chunk_no, lo, hi))
+                count += 1
+        return count
+
+    def get_run(self, run_id: int, conn: Conn | None = None) -> Run:
+        if conn is None:
+            with self.db.transaction() as own:
+                return self.get_run(run_id, own)
+        row = conn.execute(q("get_run"), {"run_id": run_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        return Run.from_row(row)
+
+    def set_run_status(self, conn: Conn, run_id: int, status: str, from_: Sequence[str]) -> bool:
+        row = conn.execute(
+            q("set_run_status"), {"run_id": run_id, "status": status, "from": list(from_)}
+        ).fetchone()
+        return row is not None
+
+    def finalize_run(self, run_id: int) -> str | None:
+        """End a run whose chunks are all settled; safe to call from any number of workers.
+
+        The run row is locked before counting, so of two workers finishing the last
+        chunks at once, the later one sees both and ends the run.
+        """
+        with self.db.transaction() as conn:
+            quick = conn.execute(q("run_active"), {"run_id": run_id}).fetchone()
+            if quick is None or (quick["active"] and quick["status"] == "running"):
+                return None  # the worker finishing the last chunk will end the run
+            row = conn.execute(q("lock_run"), {"run_id": run_id}).fetchone()
+            if row is None or row["status"] not in ("running", "rolling_back"):
+                return None
+            tally = conn.execute(q("chunk_tally"), {"run_id": run_id}).fetchone()
+            assert tally is not None
+            if row["status"] == "rolling_back":
+                if tally["active"] or tally["done"]:
+                    return None
+                status = "rolled_back"
+            else:
+                if tally["active"]:
+                    return None
+                if tally["failed"]:
+                    status = "failed"
+                elif tally["quarantined"]:
+                    status = "completed_with_errors"
+                else:
+                    status = "completed"
+            conn.execute(q("end_run"), {"run_id": run_id, "status": status})
+            return status
+
+    # -- chunks --------------------------------------------------------------------------------
+    def claim(
+        self, run_id: int, chunk_no: int, worker: str, lease: float
+    ) -> Mapping[str, Any] | None:
+        with self.db.transaction() as conn:
+            # A lost claim only leaves the chunk pending, so it need not wait for a WAL flush.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            return conn.execute(
+                q("claim_chunk"),
+                {"run_id": run_id, "chunk_no": chunk_no, "worker": worker, "lease": lease},
+            ).fetchone()
+
+    def release(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(q("release_chunk"), self._failure(run_id, chunk_no, err))
+
+    def fail(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(q("fail_chunk"), self._failure(run_id, chunk_no, err))
+            if isinstance(err, RuleFailure):
+                conn.execute(q("stop_run"), {"run_id": run_id, "error": str(err)})
+
+    @staticmethod
+    def _failure(run_id: int, chunk_no: int, err: ChunkError) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "chunk_no": chunk_no,
+            "error": str(err),
+            "info": Jsonb(report(err)),
+        }
+
+    def requeue_expired(self) -> list[tuple[int, int, str | None]]:
+        """(run, chunk, the run's queue) of every chunk whose lease expired, now pending."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(q("requeue_expired")).fetchall()
+        return [(r["run_id"], r["chunk_no"], r["queue"]) for r in rows]
+
+    def stalled_runs(self, stall_seconds: float) -> list[tuple[int, str | None]]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(q("stalled_runs"), {"stall": stall_seconds}).fetchall()
+        return [(r["id"], r["queue"]) for r in rows]
+
+    def pending(self, run_id: int) -> list[int]:
+        with self.db.transaction() as conn:
+            return [r["chunk_no"] for r in conn.execute(q("pending_chunks"), {"run_id": run_id})]
+
+    # -- audit ---------------------------------------------------------------------------------
+    def audit(
+        self,
+        conn: Conn,
+        *,
+        actor: str,
+        action: str,
+        run_id: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            q("audit"),
+            {
+                "actor": actor,
+                "host": socket.gethostname(),
+                "action": action,
+                "run_id": run_id,
+                "params": Jsonb(json.loads(json.dumps(params or {}, default=str))),
+            },
+        )

@@ -1,0 +1,72 @@
+"""A run's limits: what ``ferry throttle`` changes at runtime, stored with the run.
+
+Defaults are deliberately gentle: two chunks in flight, half-second chunks,
+and database-health thresholds past which workers back off (soft) or pause
+the run (critical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from migrations.errors import BadInput
+
+# metric: (soft, critical). Backends active, oldest open transaction (s), replica replay
+# lag (s), lock waits on the target table, health probe latency (ms).
+DEFAULT_HEALTH: dict[str, tuple[float, float]] = {
+    "active": (32, 128),
+    "oldest_xact_s": (300, 3600),
+    "replica_lag_s": (5, 60),
+    "lock_waits": (4, 32),
+    "probe_ms": (100, 2000),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_concurrency: int = 2
+    rows_per_second: float | None = None
+    chunk_time: float = 0.5
+    health: Mapping[str, tuple[float, float]] = field(default_factory=lambda: DEFAULT_HEALTH)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Limits:
+        data = data or {}
+        health = dict(DEFAULT_HEALTH)
+        for name, pair in (data.get("health") or {}).items():
+            health[name] = (float(pair[0]), float(pair[1]))
+        return cls(
+            max_concurrency=int(data.get("max_concurrency", 2)),
+            rows_per_second=(
+                float(data["rows_per_second"]) if data.get("rows_per_second") else None
+            ),
+            chunk_time=float(data.get("chunk_time", 0.5)),
+            health=health,
+        ).checked()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_concurrency": self.max_concurrency,
+            "rows_per_second": self.rows_per_second,
+            "chunk_time": self.chunk_time,
+            "health": {k: list(v) for k, v in self.health.items()},
+        }
+
+    def evolve(self, **changes: Any) -> Limits:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None}).checked()
+
+    def checked(self) -> Limits:
+        if self.max_concurrency < 1:
+            raise BadInput("max concurrency must be at least 1")
+        if self.rows_per_second is not None and self.rows_per_second <= 0:
+            raise BadInput("rows per second must be positive")
+        if self.chunk_time <= 0:
+            raise BadInput("chunk time must be positive")
+        for name, (soft, critical) in self.health.items():
+            if name not in DEFAULT_HEALTH:
+                raise BadInput(f"unknown health metric {name}")
+            if soft > critical:
+                raise BadInput(f"health threshold {name}: soft is above critical")
+        return self

@@ -1,0 +1,72 @@
+"""One set of services per worker process, built after the fork.
+
+A prefork child must not share its parent's database sockets, so everything
+here is keyed by pid and created on first use in each process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from workers.db import Database
+from workers.dispatch import Dispatcher
+from workers.execution import ChunkExecutor
+from workers.gate import Gate
+from workers.ledger import Ledger
+from workers.progress import RedisProgress
+from workers.settings import Settings
+from workers.throttle import RedisLimiter
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    db: Database
+    ledger: Ledger
+    progress: RedisProgress
+    executor: ChunkExecutor
+    gate: Gate
+    worker: str
+
+
+_RUNTIMES: dict[int, Runtime] = {}
+
+
+def worker_name(hostname: str | None = None) -> str:
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
+
+
+def runtime(hostname: str | None = None) -> Runtime:
+    pid = os.getpid()
+    rt = _RUNTIMES.get(pid)
+    if rt is None:
+        settings = Settings.from_env()
+        db = Database(settings)
+        ledger = Ledger(db)
+        progress = RedisProgress(settings.redis_url)
+        name = worker_name(hostname)
+        rt = Runtime(
+            settings=settings,
+            db=db,
+            ledger=ledger,
+            progress=progress,
+            executor=ChunkExecutor(db, ledger, settings, progress, name),
+            gate=Gate(
+                db,
+                RedisLimiter(progress.client),
+                settings.lease_seconds,
+                memory_mb=settings.worker_memory_mb,
+            ),
+            worker=name,
+        )
+        _RUNTIMES.clear()
+        _RUNTIMES[pid] = rt
+    return rt
+
+
+def dispatcher(rt: Runtime) -> Dispatcher:
+    from workers.celery_app import default_app
+
+    return Dispatcher(default_app(), rt.settings.queue)

@@ -1,0 +1,94 @@
+"""Settings: read from the environment once, at start-up, into one frozen object.
+
+Nothing else in Ferry reads ``os.environ``; commands and workers receive a
+Settings and pass it on (the opposite of reading variables at import time).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from migrations.errors import BadInput
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str | None
+    redis_url: str = DEFAULT_REDIS_URL
+    actor: str = "unknown"
+    queue: str = "ferry"
+    lease_seconds: float = 30.0
+    sweep_interval: float = 5.0
+    stall_seconds: float = 90.0
+    lock_timeout_ms: int = 500
+    statement_timeout_ms: int = 30_000
+    idle_in_transaction_timeout_ms: int = 60_000
+    max_attempts: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    visibility_timeout: int = 900
+    mask_key: str | None = None
+    worker_memory_mb: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {
+            "database_url": env.get("FERRY_DATABASE_URL") or None,
+            "redis_url": env.get("FERRY_REDIS_URL") or DEFAULT_REDIS_URL,
+            "actor": env.get("FERRY_ACTOR") or _os_user(),
+            "queue": env.get("FERRY_QUEUE") or "ferry",
+            "mask_key": env.get("FERRY_MASK_KEY") or None,
+        }
+        numeric = {
+            "lease_seconds": ("FERRY_LEASE_SECONDS", float),
+            "sweep_interval": ("FERRY_SWEEP_INTERVAL", float),
+            "stall_seconds": ("FERRY_STALL_SECONDS", float),
+            "lock_timeout_ms": ("FERRY_LOCK_TIMEOUT_MS", int),
+            "statement_timeout_ms": ("FERRY_STATEMENT_TIMEOUT_MS", int),
+            "max_attempts": ("FERRY_MAX_ATTEMPTS", int),
+            "backoff_base": ("FERRY_BACKOFF_BASE", float),
+            "backoff_max": ("FERRY_BACKOFF_MAX", float),
+            "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
+            "worker_memory_mb": ("FERRY_WORKER_MEMORY_MB", int),
+        }
+        for attr, (name, kind) in numeric.items():
+            raw = env.get(name)
+            if raw:
+                try:
+                    values[attr] = kind(raw)
+                except ValueError:
+                    raise BadInput(f"{name} must be a number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def sqlalchemy_url(self) -> URL:
+        """The database URL with the psycopg 3 driver, checked for shape."""
+        if not self.database_url:
+            raise BadInput("set FERRY_DATABASE_URL (or pass --database-url)")
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            raise BadInput("FERRY_DATABASE_URL is not a valid database URL") from None
+        if url.get_backend_name() not in ("postgresql", "postgres"):
+            raise BadInput("FERRY_DATABASE_URL must be a postgresql:// URL")
+        return url.set(drivername="postgresql+psycopg")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

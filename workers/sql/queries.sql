@@ -1,0 +1,288 @@
+-- Named ledger queries (procrastinate style): every fixed SQL statement Ferry runs on
+-- its own tables lives here; statements over the user's table are built in statements.py.
+
+-- name: insert_run
+INSERT INTO ferry.runs (backfill, status, spec, params, created_by)
+VALUES (%(backfill)s, 'planning', %(spec)s, %(params)s, %(actor)s)
+RETURNING id;
+
+-- name: start_run
+UPDATE ferry.runs
+   SET status = 'running', total_chunks = %(total)s, started_at = clock_timestamp()
+ WHERE id = %(run_id)s;
+
+-- name: get_run
+SELECT id, backfill, status, spec, params, total_chunks, created_by, created_at,
+       started_at, finished_at, error
+  FROM ferry.runs WHERE id = %(run_id)s;
+
+-- name: set_run_status
+UPDATE ferry.runs SET status = %(status)s WHERE id = %(run_id)s AND status = ANY(%(from)s)
+RETURNING id;
+
+-- name: claim_chunk
+-- Skip-free on purpose: a live transaction on this chunk holds its row lock, so we wait
+-- (bounded by lock_timeout) and then see its outcome.
+UPDATE ferry.chunks c
+   SET status = 'running', attempts = c.attempts + 1, worker = %(worker)s,
+       started_at = clock_timestamp(),
+       lease_expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+  FROM ferry.runs r
+ WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s AND r.id = c.run_id
+   AND c.status IN ('pending', 'running') AND r.status = 'running'
+RETURNING c.attempts, c.lo, c.hi, c.retry_keys;
+
+-- name: lock_chunk
+-- Only the chunk's row is locked: commands that change the run's status never wait behind
+-- a stream of chunk transactions (row share locks would starve them). Those that must see
+-- in-flight chunks settle (cancel, rollback) update the chunk rows, which waits for exactly
+-- the transactions still holding them.
+SELECT c.status, r.status AS run_status
+  FROM ferry.chunks c JOIN ferry.runs r ON r.id = c.run_id
+ WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s
+   FOR NO KEY UPDATE OF c;
+
+-- name: finish_chunk
+-- A re-run of quarantined rows (rerun) adds to the chunk's counts instead of replacing them.
+UPDATE ferry.chunks
+   SET status = 'done',
+       rows_read = CASE WHEN %(rerun)s THEN rows_read ELSE %(rows_read)s END,
+       rows_written = CASE WHEN %(rerun)s THEN rows_written + %(rows_written)s
+                           ELSE %(rows_written)s END,
+       rows_quarantined = CASE WHEN %(rerun)s
+                               THEN rows_quarantined - %(cleared)s + %(rows_quarantined)s
+                               ELSE %(rows_quarantined)s END,
+       rows_warned = CASE WHEN %(rerun)s THEN rows_warned + %(rows_warned)s
+                          ELSE %(rows_warned)s END,
+       rows_fixed = CASE WHEN %(rerun)s THEN rows_fixed + %(rows_fixed)s
+                         ELSE %(rows_fixed)s END,
+       finished_at = clock_timestamp(), duration_ms = %(duration_ms)s, worker = %(worker)s,
+       lease_expires_at = NULL, error = NULL, error_info = NULL, retry_keys = NULL,
+       applied_xid = pg_current_xact_id()
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
+
+-- name: clear_quarantine
+DELETE FROM ferry.quarantine
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND row_key = ANY(%(keys)s);
+
+-- name: release_chunk
+UPDATE ferry.chunks
+   SET status = 'pending', lease_expires_at = NULL, error = %(error)s,
+       error_info = %(info)s
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND status = 'running';
+
+-- name: fail_chunk
+UPDATE ferry.chunks
+   SET status = 'failed', lease_expires_at = NULL, error = %(error)s, error_info = %(info)s,
+       finished_at = clock_timestamp()
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND status IN ('pending', 'running');
+
+-- name: run_active
+SELECT EXISTS (SELECT 1 FROM ferry.chunks
+                WHERE run_id = %(run_id)s AND status IN ('pending', 'running')) AS active,
+       (SELECT status FROM ferry.runs WHERE id = %(run_id)s) AS status;
+
+-- name: stop_run
+UPDATE ferry.runs SET status = 'failed', error = %(error)s, finished_at = clock_timestamp()
+ WHERE id = %(run_id)s AND status = 'running';
+
+-- name: lock_run
+SELECT status FROM ferry.runs WHERE id = %(run_id)s FOR UPDATE;
+
+-- name: chunk_tally
+SELECT count(*) FILTER (WHERE status IN ('pending', 'running')) AS active,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'done') AS done,
+       coalesce(sum(rows_quarantined), 0) AS quarantined
+  FROM ferry.chunks WHERE run_id = %(run_id)s;
+
+-- name: end_run
+UPDATE ferry.runs SET status = %(status)s, finished_at = clock_timestamp()
+ WHERE id = %(run_id)s;
+
+-- name: requeue_expired
+UPDATE ferry.chunks c
+   SET status = 'pending', lease_expires_at = NULL, worker = NULL,
+       error = 'lease expired: worker lost'
+ WHERE (c.run_id, c.chunk_no) IN (
+        SELECT x.run_id, x.chunk_no
+          FROM ferry.chunks x JOIN ferry.runs r ON r.id = x.run_id
+         WHERE x.status = 'running' AND x.lease_expires_at < clock_timestamp()
+           AND r.status = 'running'
+           FOR UPDATE OF x SKIP LOCKED)
+RETURNING c.run_id, c.chunk_no,
+          (SELECT r.params->>'queue' FROM ferry.runs r WHERE r.id = c.run_id) AS queue;
+
+-- name: pending_chunks
+SELECT chunk_no FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND status = 'pending' ORDER BY chunk_no;
+
+-- name: retry_failed
+UPDATE ferry.chunks SET status = 'pending', attempts = 0, error = NULL, finished_at = NULL
+ WHERE run_id = %(run_id)s AND status = 'failed'
+RETURNING chunk_no;
+
+-- name: status_counts
+SELECT status, count(*) AS chunks, coalesce(sum(rows_read), 0) AS rows_read,
+       coalesce(sum(rows_written), 0) AS rows_written,
+       coalesce(sum(rows_quarantined), 0) AS rows_quarantined,
+       coalesce(sum(rows_warned), 0) AS rows_warned
+  FROM ferry.chunks WHERE run_id = %(run_id)s GROUP BY status;
+
+-- name: chunk_durations
+SELECT duration_ms FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND duration_ms IS NOT NULL ORDER BY duration_ms;
+
+-- name: recent_chunk_errors
+SELECT chunk_no, status, error, error_info, coalesce(finished_at, started_at) AS at
+  FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND error IS NOT NULL
+ ORDER BY coalesce(finished_at, started_at) DESC NULLS LAST LIMIT %(limit)s;
+
+-- name: stalled_chunks
+SELECT count(*) AS stalled FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND status = 'running' AND lease_expires_at < clock_timestamp();
+
+-- name: rollback_order
+SELECT chunk_no FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND status = 'done'
+   AND (%(chunk_no)s::integer IS NULL OR chunk_no = %(chunk_no)s::integer)
+ ORDER BY finished_at DESC, chunk_no DESC;
+
+-- name: lock_chunk_for_restore
+SELECT status FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s FOR NO KEY UPDATE;
+
+-- name: mark_rolled_back
+UPDATE ferry.chunks
+   SET status = 'rolled_back', finished_at = clock_timestamp(), lease_expires_at = NULL
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
+
+-- name: cancel_pending_for_rollback
+UPDATE ferry.chunks SET status = 'rolled_back', lease_expires_at = NULL
+ WHERE run_id = %(run_id)s AND status IN ('pending', 'running', 'failed');
+
+-- name: audit
+INSERT INTO ferry.audit_log (actor, host, action, run_id, params)
+VALUES (%(actor)s, %(host)s, %(action)s, %(run_id)s, %(params)s);
+
+-- name: register_backup
+INSERT INTO ferry.backups (run_id, table_name, columns)
+VALUES (%(run_id)s, %(table_name)s, %(columns)s);
+
+-- name: get_meta
+SELECT value FROM ferry.meta WHERE key = %(key)s;
+
+-- name: put_meta
+INSERT INTO ferry.meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO NOTHING;
+
+-- name: later_overlapping_runs
+SELECT id FROM ferry.runs
+ WHERE id > %(run_id)s AND spec->>'schema' = %(schema)s AND spec->>'table' = %(table)s
+   AND status NOT IN ('rolled_back', 'planning')
+   AND EXISTS (SELECT 1 FROM jsonb_array_elements_text(spec->'writes') w
+                WHERE w = ANY(%(writes)s))
+ ORDER BY id LIMIT 1;
+
+-- name: get_chunk
+SELECT status FROM ferry.chunks WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
+
+-- name: backup_bytes
+SELECT coalesce(pg_total_relation_size(to_regclass('ferry.backup_' || %(run_id)s::bigint)), 0)
+       AS bytes;
+
+-- name: run_chunks
+SELECT chunk_no, lo, hi, status, rows_read, rows_written, rows_quarantined,
+       applied_xid::text AS applied_xid
+  FROM ferry.chunks WHERE run_id = %(run_id)s ORDER BY chunk_no;
+
+-- name: quarantine_count
+SELECT count(*) AS n FROM ferry.quarantine WHERE run_id = %(run_id)s;
+
+-- name: record_verification
+INSERT INTO ferry.verifications (run_id, actor, ok, report)
+VALUES (%(run_id)s, %(actor)s, %(ok)s, %(report)s);
+
+-- name: requeue_quarantined
+WITH q AS (SELECT chunk_no, array_agg(row_key ORDER BY id) AS keys
+             FROM ferry.quarantine WHERE run_id = %(run_id)s GROUP BY chunk_no)
+UPDATE ferry.chunks c
+   SET status = 'pending', retry_keys = q.keys, attempts = 0, error = NULL, error_info = NULL
+  FROM q
+ WHERE c.run_id = %(run_id)s AND c.chunk_no = q.chunk_no AND c.status = 'done'
+RETURNING c.chunk_no;
+
+-- name: reopen_run
+UPDATE ferry.runs SET status = 'running', finished_at = NULL, error = NULL
+ WHERE id = %(run_id)s AND status = ANY(%(from)s)
+RETURNING id;
+
+-- name: quarantine_summary
+SELECT rule_index, field, rule_type, message, count(*) AS rows,
+       (array_agg(row_key || ' ' || coalesce(value_masked, 'NULL') ORDER BY id))[1:5]
+           AS examples
+  FROM ferry.quarantine WHERE run_id = %(run_id)s
+ GROUP BY rule_index, field, rule_type, message ORDER BY rule_index;
+
+-- name: quarantine_rows
+SELECT q.chunk_no, q.row_key, q.field, q.rule_type, q.message, q.value_masked AS value
+  FROM ferry.quarantine q WHERE q.run_id = %(run_id)s ORDER BY q.id;
+
+-- name: quarantine_rows_unmasked
+SELECT q.chunk_no, q.row_key, q.field, q.rule_type, q.message, v.value
+  FROM ferry.quarantine q LEFT JOIN ferry.quarantine_values v ON v.quarantine_id = q.id
+ WHERE q.run_id = %(run_id)s ORDER BY q.id;
+
+-- name: can_unmask
+SELECT has_table_privilege('ferry.quarantine_values', 'SELECT') AS ok;
+
+-- name: stalled_runs
+-- Running runs with work left, nothing in flight and no chunk activity for a while: their
+-- queued tasks were lost (a Redis restart without persistence, a coordinator killed mid-dispatch).
+SELECT r.id, r.params->>'queue' AS queue
+  FROM ferry.runs r
+ WHERE r.status = 'running'
+   AND r.started_at < clock_timestamp() - make_interval(secs => %(stall)s)
+   AND EXISTS (SELECT 1 FROM ferry.chunks c WHERE c.run_id = r.id AND c.status = 'pending')
+   AND NOT EXISTS (SELECT 1 FROM ferry.chunks c WHERE c.run_id = r.id AND c.status = 'running')
+   AND NOT EXISTS (SELECT 1 FROM ferry.chunks c WHERE c.run_id = r.id
+                     AND greatest(c.started_at, c.finished_at)
+                         > clock_timestamp() - make_interval(secs => %(stall)s));
+
+-- name: run_control
+SELECT status, params->'limits' AS limits FROM ferry.runs WHERE id = %(run_id)s;
+
+-- name: db_health
+SELECT (SELECT count(*) FROM pg_stat_activity
+         WHERE state = 'active' AND backend_type = 'client backend') AS active,
+       (SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)
+          FROM pg_stat_activity
+         WHERE xact_start IS NOT NULL AND backend_type = 'client backend'
+           AND pid <> pg_backend_pid()) AS oldest_xact_s,
+       (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)
+          FROM pg_stat_replication) AS replica_lag_s,
+       (SELECT count(*) FROM pg_locks l
+         WHERE NOT l.granted AND l.relation = to_regclass(%(table)s)) AS lock_waits;
+
+-- name: pause_run
+UPDATE ferry.runs SET status = 'paused' WHERE id = %(run_id)s AND status = 'running'
+RETURNING id;
+
+-- name: add_alert
+INSERT INTO ferry.alerts (run_id, type, message) VALUES (%(run_id)s, %(type)s, %(message)s);
+
+-- name: recent_alerts
+SELECT type, message, at FROM ferry.alerts WHERE run_id = %(run_id)s ORDER BY at DESC LIMIT 20;
+
+-- name: set_limits
+UPDATE ferry.runs SET params = jsonb_set(params, '{limits}', %(limits)s)
+ WHERE id = %(run_id)s RETURNING id;
+
+-- name: cancel_run
+UPDATE ferry.runs SET status = 'cancelled', finished_at = clock_timestamp()
+ WHERE id = %(run_id)s AND status IN ('running', 'paused', 'planning')
+RETURNING id;
+
+-- name: cancel_chunks
+UPDATE ferry.chunks SET status = 'cancelled', lease_expires_at = NULL
+ WHERE run_id = %(run_id)s AND status IN ('pending', 'running');

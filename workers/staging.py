@@ -1,0 +1,119 @@
+"""The pandas path's first half: read a chunk, transform it, stage the result.
+
+The chunk is read with COPY into a DataFrame, handed to the user's transform,
+checked (key and written columns present, no foreign or repeated keys),
+judged by the Python rules, and COPYed into the run's temp table, where the
+chunk statement takes it from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import psycopg
+
+from migrations.errors import PermanentChunkError
+from migrations.loading import load_backfill
+from migrations.spec import Transform, transform_identity
+from workers.copyio import read_copy, write_copy
+from workers.failures import classify
+from workers.model import RunSpec
+from workers.statements import PYRULE_NAME, KeyRange, Statements
+
+Check = Callable[[pd.DataFrame], pd.Series]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a worker needs for every chunk of a run, built once per process."""
+
+    run_id: int
+    spec: RunSpec
+    statements: Statements
+    transform: Transform | None
+    checks: tuple[tuple[int, Check], ...] = ()
+
+    @classmethod
+    def build(cls, run_id: int, spec: RunSpec) -> RunContext:
+        statements = Statements(spec, run_id)
+        if spec.mode != "pandas":
+            return cls(run_id, spec, statements, None)
+        backfill = load_backfill(spec.reference)
+        transform = checked_transform(spec, backfill.transform)
+        checks = tuple(
+            (i, rule.check) for i, rule in enumerate(backfill.rules) if rule.check is not None
+        )
+        if [i for i, _ in checks] != [i for i, r in enumerate(spec.rules) if r.is_python]:
+            raise PermanentChunkError("the backfill's Python rules changed since the run started")
+        return cls(run_id, spec, statements, transform, checks)
+
+
+def checked_transform(spec: RunSpec, transform: Transform | None) -> Transform:
+    """The run's transform, refused if its code changed since launch."""
+    if transform is None:
+        raise PermanentChunkError("the backfill no longer has a transform")
+    expected = (spec.transform or {}).get("sha256")
+    if expected and transform_identity(transform)["sha256"] != expected:
+        raise PermanentChunkError(
+            "the transform's code changed since the run started; start a new run"
+        )
+    return transform
+
+
+def run_transform(
+    fn: Transform, frame: pd.DataFrame, key: str, writes: tuple[str, ...]
+) -> pd.DataFrame:
+    """Call the user's transform and check its output has the shape the engine needs."""
+    read_keys = frame[key].astype(str)  # a copy: the transform cannot change it
+    try:
+        out = fn(frame)
+    except Exception as exc:
+        # ``from None``: the original message may quote a row value.
+        raise PermanentChunkError(f"transform raised {classify(exc)}") from None
+    if not isinstance(out, pd.DataFrame):
+        raise PermanentChunkError("transform must return a DataFrame")
+    missing = [c for c in (key, *writes) if c not in out.columns]
+    if missing:
+        raise PermanentChunkError(f"transform output lacks columns: {', '.join(missing)}")
+    out = out[[key, *writes]]
+    keys = out[key].astype(str)
+    same = len(keys) == len(read_keys) and (keys.to_numpy() == read_keys.to_numpy()).all()
+    if not same:  # rows dropped or reordered: check the keys one by one
+        if not keys.is_unique:
+            raise PermanentChunkError("transform output repeats a key")
+        if not keys.isin(read_keys).all():
+            raise PermanentChunkError("transform output has keys that are not in the chunk")
+    return out.assign(**{key: keys})
+
+
+def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series:
+    """Index of the first Python rule each row fails (NA when it passes them all)."""
+    first = pd.Series(pd.NA, index=out.index, dtype="Int64")
+    for index, check in reversed(checks):
+        try:
+            ok = pd.Series(check(out), index=out.index).astype("boolean").fillna(True)
+        except Exception as exc:
+            raise PermanentChunkError(f"rule check raised {classify(exc)}") from None
+        first = first.mask(~ok.to_numpy(dtype=bool), index)
+    return first
+
+
+def stage_input(conn: psycopg.Connection[Any], ctx: RunContext, key_range: KeyRange) -> None:
+    """Read the chunk via COPY, transform and judge it, COPY the result into the temp table."""
+    spec = ctx.spec
+    st = ctx.statements
+    buffer = bytearray()
+    with conn.cursor().copy(st.read_copy(key_range)) as copy:
+        for block in copy:
+            buffer += block
+    frame = read_copy(bytes(buffer), st.read_columns(), spec.column_types)
+    assert ctx.transform is not None
+    out = run_transform(ctx.transform, frame, spec.key, spec.writes)
+    out[PYRULE_NAME] = judge(out, ctx.checks)
+    conn.execute(st.create_input())
+    types = {**spec.column_types, PYRULE_NAME: "integer"}
+    with conn.cursor().copy(st.write_copy()) as copy:
+        copy.write(write_copy(out, [spec.key, *spec.writes, PYRULE_NAME], types))

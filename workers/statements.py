@@ -1,0 +1,359 @@
+"""Statements over the user's table, built from a run's stored spec.
+
+Every identifier goes through ``sql.Identifier``; type names come from the
+catalog through ``catalog.type_sql``. The only raw SQL is what the user wrote
+as SQL on purpose: expressions, ``where`` filters, custom rules and fixes.
+Because that SQL may hold a ``%`` (modulo, LIKE), values are composed in as
+literals and these statements are executed without parameters: psycopg
+would otherwise read every ``%`` as a placeholder.
+
+One statement applies a chunk on both paths. It reads the candidate rows
+(old values and new values), applies rule fixes, judges rules, quarantines
+rows that a skip rule rejects, saves pre-images of the rows that really
+change into the run's backup table and updates exactly those rows, found
+again by (tableoid, ctid). The chunk's rows are locked before it reads them
+(``lock_rows``), so the version read is the version updated; the pre-images
+come from the update's own RETURNING, so every pre-image is of a row written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from migrations.spec import ValidationRule
+from workers.catalog import type_sql
+from workers.model import RunSpec
+from workers.rules import fixed_value, passes
+
+BAD = sql.Identifier("__ferry_bad")
+WARN = sql.Identifier("__ferry_warn")
+FIXED = sql.Identifier("__ferry_fixed")
+TID = sql.Identifier("__ferry_tid")
+TOID = sql.Identifier("__ferry_toid")
+PYRULE_NAME = "__ferry_rule"  # first failing Python rule, staged by the pandas path
+PYRULE = sql.Identifier(PYRULE_NAME)
+
+
+def backup_table(run_id: int) -> sql.Identifier:
+    return sql.Identifier("ferry", f"backup_{int(run_id)}")
+
+
+def input_table(run_id: int) -> sql.Identifier:
+    return sql.Identifier(f"ferry_input_{int(run_id)}")
+
+
+def _old(i: int) -> sql.Identifier:
+    return sql.Identifier(f"__ferry_o{i}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """``(lo, hi]`` on the key (open below when lo is None), optionally only some keys."""
+
+    lo: str | None
+    hi: str
+    keys: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChunkArgs:
+    """The values one chunk's statement is built with (as literals, see module doc)."""
+
+    run_id: int
+    chunk_no: int
+    range: KeyRange
+    mask_key: str
+
+
+class Statements:
+    def __init__(self, spec: RunSpec, run_id: int) -> None:
+        self.spec = spec
+        self.run_id = run_id
+        self.table = sql.Identifier(spec.schema, spec.table)
+        self.key = sql.Identifier(spec.key)
+        self.key_type = type_sql(spec.key_type)
+        self.writes = [sql.Identifier(c) for c in spec.writes]
+        self.where = sql.SQL("({})").format(sql.SQL(spec.where)) if spec.where else sql.SQL("TRUE")
+        self.backup = backup_table(run_id)
+        self.input = input_table(run_id)
+
+    # -- planning -------------------------------------------------------------------------
+    def boundary(self, after: str | None, skip: int) -> sql.Composed:
+        """The key ``skip`` rows after ``after``: an index-only walk of the key."""
+        above = (
+            sql.SQL("TRUE")
+            if after is None
+            else sql.SQL("t.{k} > CAST({a} AS {kt})").format(
+                k=self.key, a=sql.Literal(after), kt=self.key_type
+            )
+        )
+        return sql.SQL(
+            "SELECT s.b::text AS b FROM (SELECT t.{k} AS b FROM {t} AS t WHERE {above} AND {w} "
+            "ORDER BY t.{k} OFFSET {skip} LIMIT 1) AS s"
+        ).format(k=self.key, t=self.table, above=above, w=self.where, skip=sql.Literal(int(skip)))
+
+    def last_key(self) -> sql.Composed:
+        return sql.SQL(
+            "SELECT t.{k}::text AS b FROM {t} AS t WHERE {w} ORDER BY t.{k} DESC LIMIT 1"
+        ).format(k=self.key, t=self.table, w=self.where)
+
+    def lock_rows(self, r: KeyRange) -> sql.Composed:
+        """Take the chunk's row locks first, waiting (within lock_timeout) for the
+        application's: from then on nobody changes these rows until the chunk commits, so
+        what the transform reads, the pre-images and the update all see one version."""
+        return sql.SQL(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM {t} AS t WHERE {r} "
+            "FOR NO KEY UPDATE OF t) AS locked"
+        ).format(t=self.table, r=self.in_range(r))
+
+    def count_range(self, r: KeyRange) -> sql.Composed:
+        return sql.SQL("SELECT count(*) AS n FROM {t} AS t WHERE {r}").format(
+            t=self.table, r=self.in_range(r)
+        )
+
+    def create_backup(self) -> sql.Composed:
+        cols = sql.SQL(", ").join([self.key, *self.writes])
+        return sql.SQL(
+            "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} WITH NO DATA; "
+            "CREATE INDEX ON {b} USING brin (chunk_no) WITH (pages_per_range = 16)"
+        ).format(b=self.backup, cols=cols, t=self.table)
+
+    # -- applying ---------------------------------------------------------------------------
+    def in_range(self, r: KeyRange) -> sql.Composable:
+        """A chunk's rows: ``(lo, hi]`` on the key (open below for the first), the filter,
+        and, when re-running quarantined rows, only those keys."""
+        parts: list[sql.Composable] = [
+            sql.SQL("t.{k} <= CAST({hi} AS {kt})").format(
+                k=self.key, hi=sql.Literal(r.hi), kt=self.key_type
+            ),
+            self.where,
+        ]
+        if r.lo is not None:
+            lower = sql.SQL("t.{k} > CAST({lo} AS {kt})").format(
+                k=self.key, lo=sql.Literal(r.lo), kt=self.key_type
+            )
+            parts.insert(0, lower)
+        if r.keys is not None:
+            parts.append(self.key_in(r.keys))
+        return sql.SQL(" AND ").join(parts)
+
+    def key_in(self, keys: tuple[str, ...] | list[str]) -> sql.Composable:
+        return sql.SQL("t.{k} = ANY(CAST({keys} AS {kt}[]))").format(
+            k=self.key, keys=sql.Literal(list(keys)), kt=self.key_type
+        )
+
+    def read_copy(self, r: KeyRange) -> sql.Composed:
+        """COPY out of the columns a pandas transform reads, for one chunk."""
+        cols = [self.key, *(sql.Identifier(c) for c in self.spec.reads if c != self.spec.key)]
+        return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}) TO STDOUT").format(
+            cols=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in cols),
+            t=self.table,
+            r=self.in_range(r),
+        )
+
+    def read_columns(self) -> list[str]:
+        return [self.spec.key, *(c for c in self.spec.reads if c != self.spec.key)]
+
+    def create_input(self) -> sql.Composed:
+        cols = sql.SQL(", ").join([self.key, *self.writes])
+        return sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {i} ON COMMIT DELETE ROWS AS "
+            "SELECT {cols}, NULL::integer AS {p} FROM {t} WITH NO DATA"
+        ).format(i=self.input, cols=cols, t=self.table, p=PYRULE)
+
+    def write_copy(self) -> sql.Composed:
+        cols = sql.SQL(", ").join([self.key, *self.writes, PYRULE])
+        return sql.SQL("COPY {i} ({cols}) FROM STDIN").format(i=self.input, cols=cols)
+
+    def apply(self, args: ChunkArgs) -> sql.Composed:
+        """The one statement that applies a chunk."""
+        return self._apply(self._candidates(args.range), args)
+
+    def _candidates(self, r: KeyRange) -> sql.Composable:
+        olds = [sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)]
+        if self.spec.mode == "sql":
+            assert self.spec.sql is not None
+            news = [
+                sql.SQL("({e}) AS {c}").format(
+                    e=sql.SQL(self.spec.sql[name]), c=sql.Identifier(name)
+                )
+                for name in self.spec.writes
+            ]
+            news.append(sql.SQL("NULL::integer AS {p}").format(p=PYRULE))
+            source: sql.Composable = sql.SQL("{t} AS t").format(t=self.table)
+        else:
+            news = [sql.SQL("x.{c} AS {c}").format(c=c) for c in self.writes]
+            news.append(sql.SQL("x.{p} AS {p}").format(p=PYRULE))
+            source = sql.SQL("{t} AS t JOIN {i} AS x ON x.{k} = t.{k}").format(
+                t=self.table, i=self.input, k=self.key
+            )
+        return sql.SQL(
+            "SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {cols} "
+            "FROM {src} WHERE {r}"
+        ).format(
+            toid=TOID,
+            tid=TID,
+            k=self.key,
+            cols=sql.SQL(", ").join(olds + news),
+            src=source,
+            r=self.in_range(r),
+        )
+
+    def _apply(self, candidates: sql.Composable, args: ChunkArgs) -> sql.Composed:
+        olds = sql.SQL(", ").join(_old(i) for i in range(len(self.writes)))
+        news = sql.SQL(", ").join(self.writes)
+        tail = sql.SQL(
+            """changed AS (SELECT * FROM {source} WHERE {keep} ({olds}) IS DISTINCT FROM ({news})),
+written AS (UPDATE {t} AS t SET {sets} FROM changed
+            WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
+            RETURNING changed.{k} AS {k}, {changed_olds}),
+saved AS (INSERT INTO {backup} (chunk_no, {k}, {news})
+          SELECT {chunk_no}, {k}, {olds} FROM written RETURNING 1)
+SELECT (SELECT count(*) FROM cand) AS rows_read,
+       (SELECT count(*) FROM changed) AS rows_changed,
+       (SELECT count(*) FROM saved) AS rows_written,"""
+        )
+        parts = {
+            "olds": olds,
+            "changed_olds": sql.SQL(", ").join(
+                sql.SQL("changed.{o} AS {o}").format(o=_old(i)) for i in range(len(self.writes))
+            ),
+            "news": news,
+            "backup": self.backup,
+            "k": self.key,
+            "t": self.table,
+            "tid": TID,
+            "toid": TOID,
+            "sets": sql.SQL(", ").join(
+                sql.SQL("{c} = changed.{c}").format(c=c) for c in self.writes
+            ),
+            "chunk_no": sql.Literal(int(args.chunk_no)),
+            "cand": candidates,
+        }
+        if not self.spec.rules:
+            # The common case: no rule CTEs to materialize and scan.
+            return sql.SQL(
+                "WITH cand AS MATERIALIZED ({cand}),\n{tail}\n"
+                "       0::bigint AS rows_quarantined, 0::bigint AS rows_failed,"
+                " NULL::integer AS failed_rule, 0::bigint AS rows_warned, 0::bigint AS rows_fixed"
+            ).format(tail=tail.format(source=sql.SQL("cand"), keep=sql.SQL(""), **parts), **parts)
+        return self._apply_with_rules(tail, parts, args)
+
+    def _apply_with_rules(
+        self, tail: sql.SQL, parts: dict[str, sql.Composable], args: ChunkArgs
+    ) -> sql.Composed:
+        """Fix (action transform), judge, quarantine (skip) and count (fail, warning)."""
+        rules = self.spec.rules
+        fixes = [r for r in rules if r.action == "transform"]
+        judged_rules = [(i, r) for i, r in enumerate(rules) if r.action != "transform"]
+        errors = [(i, r) for i, r in judged_rules if r.severity == "error"]
+        warnings = [(i, r) for i, r in judged_rules if r.severity == "warning"]
+        carried = [TOID, TID, PYRULE, self.key, *(_old(i) for i in range(len(self.writes)))]
+
+        fixed_cols: list[sql.Composable] = list(carried)
+        fixed_flags: list[sql.Composable] = []
+        for name, ident in zip(self.spec.writes, self.writes, strict=True):
+            expr: sql.Composable = ident
+            for rule in (r for r in fixes if r.field == name):
+                fixed_flags.append(sql.SQL("NOT {}").format(passes(rule, expr)))
+                expr = fixed_value(rule, expr)
+            fixed_cols.append(sql.SQL("{e} AS {c}").format(e=expr, c=ident))
+        warn = (
+            sql.SQL(" OR ").join(sql.SQL("NOT {}").format(_passes(r)) for _, r in warnings)
+            if warnings
+            else sql.SQL("FALSE")
+        )
+        return sql.SQL(
+            """WITH cand AS MATERIALIZED ({cand}),
+fixed AS MATERIALIZED (SELECT {fixed_cols}, ({fixed_flag}) AS {fx} FROM cand),
+judged AS MATERIALIZED (SELECT {all_cols}, {fx}, {bad} AS {b}, ({warn}) AS {w} FROM fixed),
+rules (idx, field, rule_type, message, action) AS (VALUES {rule_rows}),
+quarantined AS (
+  INSERT INTO ferry.quarantine (run_id, chunk_no, row_key, rule_index, field, rule_type,
+                                message, value_masked)
+  SELECT {run_id}, {chunk_no}, j.{k}::text, r.idx, r.field, r.rule_type, r.message,
+         '***' || left(encode(sha256(convert_to({mask_key} || '|' || {masked}, 'UTF8')),
+                              'hex'), 8)
+    FROM judged j JOIN rules r ON r.idx = j.{b} WHERE r.action = 'skip'
+  RETURNING id, row_key),
+raw_values AS (
+  INSERT INTO ferry.quarantine_values (quarantine_id, value)
+  SELECT q.id, {masked} FROM quarantined q JOIN judged j ON j.{k}::text = q.row_key
+  RETURNING 1),
+{tail}
+       (SELECT count(*) FROM quarantined) AS rows_quarantined,
+       (SELECT count(*) FROM judged j JOIN rules r ON r.idx = j.{b} WHERE r.action = 'fail')
+           AS rows_failed,
+       (SELECT min(j.{b}) FROM judged j JOIN rules r ON r.idx = j.{b} WHERE r.action = 'fail')
+           AS failed_rule,
+       (SELECT count(*) FROM judged WHERE {b} IS NULL AND {w}) AS rows_warned,
+       (SELECT count(*) FROM judged WHERE {fx} AND {b} IS NULL) AS rows_fixed"""
+        ).format(
+            tail=tail.format(
+                source=sql.SQL("judged"), keep=sql.SQL("{b} IS NULL AND").format(b=BAD), **parts
+            ),
+            fixed_cols=sql.SQL(", ").join(fixed_cols),
+            fixed_flag=sql.SQL(" OR ").join(fixed_flags) if fixed_flags else sql.SQL("FALSE"),
+            fx=FIXED,
+            all_cols=sql.SQL(", ").join([*carried, *self.writes]),
+            bad=_first_failing(errors),
+            b=BAD,
+            warn=warn,
+            w=WARN,
+            rule_rows=_rule_values(rules),
+            masked=_masked_value(errors),
+            run_id=sql.Literal(int(args.run_id)),
+            mask_key=sql.Literal(args.mask_key),
+            **parts,
+        )
+
+    def restore(self, chunk_no: int) -> sql.Composed:
+        sets = sql.SQL(", ").join(sql.SQL("{c} = b.{c}").format(c=c) for c in self.writes)
+        return sql.SQL(
+            "WITH restored AS (UPDATE {t} AS t SET {sets} FROM {b} AS b "
+            "WHERE b.chunk_no = {n} AND t.{k} = b.{k} RETURNING 1) "
+            "SELECT count(*) AS rows FROM restored"
+        ).format(t=self.table, sets=sets, b=self.backup, k=self.key, n=sql.Literal(int(chunk_no)))
+
+
+def _passes(rule: ValidationRule) -> sql.Composable:
+    return passes(rule, sql.Identifier(rule.field))
+
+
+def _first_failing(rules: list[tuple[int, ValidationRule]]) -> sql.Composable:
+    if not rules:
+        return sql.SQL("NULL::integer")
+    whens = sql.SQL(" ").join(
+        sql.SQL("WHEN {p} = {i} THEN {i}").format(p=PYRULE, i=sql.Literal(i))
+        if r.is_python
+        else sql.SQL("WHEN NOT {p} THEN {i}").format(p=_passes(r), i=sql.Literal(i))
+        for i, r in rules
+    )
+    return sql.SQL("CASE {w} END").format(w=whens)
+
+
+def _masked_value(rules: list[tuple[int, ValidationRule]]) -> sql.Composable:
+    if not rules:
+        return sql.SQL("''")
+    whens = sql.SQL(" ").join(
+        sql.SQL("WHEN {i} THEN j.{c}::text").format(i=sql.Literal(i), c=sql.Identifier(r.field))
+        for i, r in rules
+    )
+    return sql.SQL("coalesce(CASE j.{b} {w} END, 'NULL')").format(b=BAD, w=whens)
+
+
+def _rule_values(rules: tuple[ValidationRule, ...]) -> sql.Composable:
+    if not rules:
+        return sql.SQL("(NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text)")
+    return sql.SQL(", ").join(
+        sql.SQL("({i}, {f}, {t}, {m}, {a})").format(
+            i=sql.Literal(i),
+            f=sql.Literal(r.field),
+            t=sql.Literal(r.type),
+            m=sql.Literal(r.error_message),
+            a=sql.Literal(r.action),
+        )
+        for i, r in enumerate(rules)
+    )

@@ -1,0 +1,126 @@
+"""The lease sweeper: re-queues chunks whose worker vanished, in seconds.
+
+A SIGKILLed worker's message returns from Redis only after the visibility
+timeout. Ferry does not wait for it: a claimed chunk carries a lease, and a
+live chunk transaction holds the chunk's row lock, so ``SKIP LOCKED`` passes
+over every chunk still being worked on. What remains, past its lease, is lost
+work, and goes back to pending and onto the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable
+
+from workers.dispatch import Dispatcher
+from workers.ledger import Ledger
+from workers.progress import ProgressStore
+
+log = logging.getLogger("ferry.sweeper")
+
+
+def sweep(
+    ledger: Ledger,
+    dispatcher: Dispatcher,
+    *,
+    stall_seconds: float | None = None,
+    queue_length: Callable[[str], int] | None = None,
+) -> list[tuple[int, int, str | None]]:
+    """Re-queue lost chunks of every run in this database, each on its run's own queue.
+
+    Two kinds are lost: chunks whose lease expired (their worker died), and, when
+    ``stall_seconds`` is given, the pending chunks of a run that has had no activity
+    for that long while its queue is empty (the queue itself was lost). Sending a
+    chunk twice is harmless: the second delivery finds it done.
+    """
+    expired = ledger.requeue_expired()
+    by_run: dict[tuple[int, str | None], list[int]] = {}
+    for run_id, chunk_no, queue in expired:
+        by_run.setdefault((run_id, queue), []).append(chunk_no)
+    for (run_id, queue), chunks in by_run.items():
+        log.warning("re-queueing %d chunk(s) of run %s whose lease expired", len(chunks), run_id)
+        dispatcher.send_chunks(run_id, chunks, queue=queue)
+    if stall_seconds is not None:
+        for run_id, queue in ledger.stalled_runs(stall_seconds):
+            name = queue or dispatcher.queue
+            if queue_length is not None and queue_length(name) > 0:
+                continue  # its tasks are still waiting behind others
+            pending = ledger.pending(run_id)
+            log.warning(
+                "run %s stalled with %d pending chunk(s): sending them again", run_id, len(pending)
+            )
+            dispatcher.send_chunks(run_id, pending, queue=queue)
+    return expired
+
+
+def usage() -> dict[str, float]:
+    """This process's cpu seconds and resident memory, for heartbeats."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as fh:
+            rss_pages = int(fh.read().split()[1])
+        rss_mb = rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        rss_mb = ru.ru_maxrss / 1024
+    return {
+        "cpu_seconds": ru.ru_utime + ru.ru_stime + children.ru_utime + children.ru_stime,
+        "rss_mb": round(rss_mb, 1),
+    }
+
+
+class SweeperThread(threading.Thread):
+    """Runs in each worker's main process; sweeps and beats until stopped."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        dispatcher: Dispatcher,
+        progress: ProgressStore,
+        worker: str,
+        interval: float,
+        stall_seconds: float | None = None,
+        queue_length: Callable[[str], int] | None = None,
+    ) -> None:
+        super().__init__(name="ferry-sweeper", daemon=True)
+        self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.progress = progress
+        self.worker = worker
+        self.interval = interval
+        self.stall_seconds = stall_seconds
+        self.queue_length = queue_length
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        last_cpu, last_t = usage()["cpu_seconds"], time.monotonic()
+        while not self.stopped.wait(self.interval):
+            try:
+                sweep(
+                    self.ledger,
+                    self.dispatcher,
+                    stall_seconds=self.stall_seconds,
+                    queue_length=self.queue_length,
+                )
+            except Exception as exc:
+                log.warning("sweep failed: %s", type(exc).__name__)
+            now = usage()
+            t = time.monotonic()
+            cpu = (now["cpu_seconds"] - last_cpu) / max(t - last_t, 1e-6)
+            last_cpu, last_t = now["cpu_seconds"], t
+            self.progress.heartbeat(
+                self.worker,
+                {
+                    "worker": self.worker,
+                    "cpu": round(cpu, 3),
+                    "rss_mb": now["rss_mb"],
+                    "at": time.time(),
+                },
+            )
+
+    def stop(self) -> None:
+        self.stopped.set()

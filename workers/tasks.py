@@ -1,0 +1,119 @@
+# mypy: disallow-untyped-decorators=False
+"""Celery tasks: thin wrappers that turn chunk outcomes into acks, retries and ledger marks."""
+
+# Celery's decorators are untyped: the file-level opt-out above says so.
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import shared_task
+
+from migrations.errors import PermanentChunkError, TransientChunkError
+from workers.restore import restore_chunk
+from workers.runtime import Runtime, runtime
+
+log = logging.getLogger("ferry.tasks")
+
+
+def backoff(retries: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter around its mean, as pgroll and AWS advise."""
+    return float(min(cap, base * (2.0**retries))) * random.uniform(0.5, 1.5)
+
+
+def _transient(
+    task: Any, rt: Runtime, run_id: int, chunk_no: int, exc: TransientChunkError, *, release: bool
+) -> Any:
+    if release:
+        try:
+            rt.ledger.release(run_id, chunk_no, exc)
+        except Exception as err:  # the database may be the thing that is down
+            log.warning("could not release chunk %s/%s: %s", run_id, chunk_no, type(err).__name__)
+    rt.progress.error(run_id, chunk_no, "retry", str(exc))
+    delay = (
+        exc.delay
+        if exc.delay is not None
+        else backoff(max(exc.attempt - 1, 0), rt.settings.backoff_base, rt.settings.backoff_max)
+    )
+    log.info("chunk %s/%s will retry in %.1fs: %s", run_id, chunk_no, delay, exc)
+    return task.retry(countdown=delay)
+
+
+# Results are not stored: the ledger is the outcome, and Flower reads results from events.
+# max_retries=None: Celery's default of 3 would drop a throttled chunk's task; the ledger's
+# attempt count (FERRY_MAX_ATTEMPTS) is what bounds retries of failures.
+@shared_task(
+    bind=True,
+    name="ferry.chunk",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
+    """Apply chunk ``chunk_no`` of run ``run_id`` (a no-op when it is already done)."""
+    rt = runtime(self.request.hostname)
+    spec = rt.executor.context(run_id).spec
+    holder = f"{rt.worker}:{chunk_no}"
+    decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
+    if decision.kind == "wait":
+        raise self.retry(countdown=decision.delay)
+    if decision.kind != "go":
+        # paused: the chunk stays pending and `ferry resume` sends it again; stopped: nothing
+        return {
+            "run": run_id,
+            "chunk": chunk_no,
+            "outcome": decision.kind,
+            "reason": decision.reason,
+        }
+    try:
+        result = rt.executor.apply(run_id, chunk_no)
+    except TransientChunkError as exc:
+        raise _transient(self, rt, run_id, chunk_no, exc, release=True) from None
+    except PermanentChunkError as exc:
+        rt.ledger.fail(run_id, chunk_no, exc)
+        rt.progress.error(run_id, chunk_no, "failed", str(exc))
+        log.warning("chunk %s/%s failed: %s", run_id, chunk_no, exc)
+        rt.ledger.finalize_run(run_id)
+        return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
+    finally:
+        rt.gate.done(run_id, holder)
+    if result.outcome == "done":
+        rt.ledger.finalize_run(run_id)
+    return {
+        "run": run_id,
+        "chunk": chunk_no,
+        "outcome": result.outcome,
+        "rows_read": result.rows_read,
+        "rows_written": result.rows_written,
+        "rows_quarantined": result.rows_quarantined,
+        "ms": round(result.duration_ms, 1),
+    }
+
+
+@shared_task(
+    bind=True,
+    name="ferry.rollback_chunk",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+)
+def rollback_chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
+    """Restore the pre-images of one chunk (a no-op when it is not done)."""
+    rt = runtime(self.request.hostname)
+    try:
+        result = restore_chunk(rt.db, rt.ledger, rt.settings, run_id, chunk_no)
+    except TransientChunkError as exc:
+        raise _transient(self, rt, run_id, chunk_no, exc, release=False) from None
+    except PermanentChunkError as exc:
+        rt.progress.error(run_id, chunk_no, "rollback_failed", str(exc))
+        log.error("rollback of chunk %s/%s failed: %s", run_id, chunk_no, exc)
+        return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
+    rt.ledger.finalize_run(run_id)
+    return {
+        "run": run_id,
+        "chunk": chunk_no,
+        "outcome": result.outcome,
+        "rows_restored": result.rows_written,
+    }
