@@ -1,0 +1,1 @@
+"""The ``ferry`` coordinator: plan, launch, watch, control and roll back runs."""

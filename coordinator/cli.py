@@ -1,0 +1,408 @@
+"""The ``ferry`` command line: a thin layer over ``coordinator.commands``.
+
+Exit codes: 0 success, 1 the run or a check failed, 2 bad input or usage.
+Errors are one line on stderr; no password or row value is ever printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+import redis
+
+from coordinator import commands, control, health, quarantine, render
+from coordinator import verify as verification
+from migrations.errors import FerryError
+from migrations.masking import mask_text
+from workers.limits import Limits
+from workers.settings import Settings
+
+EPILOG = """\b
+Examples:
+  ferry init
+  ferry plan app.backfills:normalize_dob
+  ferry launch app.backfills:normalize_dob --wait
+  ferry status 12 --json
+  ferry rollback 12 --wait
+"""
+
+
+@contextmanager
+def _context(obj: dict[str, Any]) -> Iterator[commands.Context]:
+    ctx = commands.Context(Settings.from_env(**obj))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"ferry: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map Ferry errors to their exit codes and connection failures to one masked line."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FerryError as exc:
+            _fail(str(exc), exc.exit_code)
+        except psycopg.OperationalError as exc:
+            _fail(
+                f"database unavailable: {mask_text(str(exc).splitlines()[0] if str(exc) else '')}",
+                1,
+            )
+        except redis.RedisError as exc:
+            _fail(f"redis unavailable: {type(exc).__name__}", 1)
+        except Exception as exc:  # kombu/celery connection errors have no common base
+            if type(exc).__module__.startswith(("kombu", "celery", "amqp")):
+                _fail(f"broker unavailable: {type(exc).__name__}", 1)
+            raise
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group(epilog=EPILOG)
+@click.option(
+    "--database-url",
+    envvar="FERRY_DATABASE_URL",
+    show_envvar=True,
+    help="Database to migrate; it also holds the ledger.",
+)
+@click.option(
+    "--redis-url",
+    envvar="FERRY_REDIS_URL",
+    show_envvar=True,
+    help="Redis for the Celery broker and live progress.",
+)
+@click.option("--queue", envvar="FERRY_QUEUE", show_envvar=True, help="Celery queue name.")
+@click.pass_context
+def main(
+    click_ctx: click.Context, database_url: str | None, redis_url: str | None, queue: str | None
+) -> None:
+    """Ferry: zero-downtime chunked data migrations for PostgreSQL."""
+    click_ctx.obj = {"database_url": database_url, "redis_url": redis_url, "queue": queue}
+
+
+@main.command()
+@click.pass_obj
+@_guarded
+def init(obj: dict[str, Any]) -> None:
+    """Create or upgrade the ledger (schema ferry)."""
+    with _context(obj) as ctx:
+        result = commands.init(ctx)
+    applied = ", ".join(map(str, result["applied"])) or "none (up to date)"
+    click.echo(f"ledger at version {result['version']}; applied: {applied}")
+
+
+def _plan_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--where", help='SQL filter narrowing the rows (e.g. "dob IS NULL").')(fn)
+    fn = click.option("--chunk-size", type=click.IntRange(min=1), help="Rows per chunk.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(fn)
+    return click.argument("reference")(fn)
+
+
+@main.command()
+@_plan_options
+@click.pass_obj
+@_guarded
+def plan(
+    obj: dict[str, Any], reference: str, where: str | None, chunk_size: int | None, as_json: bool
+) -> None:
+    """Dry run: check the spec, count chunks and rows, estimate time and space."""
+    with _context(obj) as ctx:
+        result = commands.plan(ctx, reference, where=where, chunk_size=chunk_size)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        render.plan_table(result.as_dict(), f"plan for {reference} (nothing written)")
+
+
+@main.command()
+@_plan_options
+@click.option("--wait", is_flag=True, help="Follow progress until the run ends.")
+@click.option(
+    "--catch-up",
+    "catch_up",
+    type=int,
+    metavar="RUN",
+    help="Re-apply only the rows of RUN that changed after their chunk ran.",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Chunks in flight across all workers.",
+)
+@click.option(
+    "--rows-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Row budget shared by all workers (default: none).",
+)
+@click.option("--force", is_flag=True, help="Launch even if the capacity check fails.")
+@click.pass_obj
+@_guarded
+def launch(
+    obj: dict[str, Any],
+    reference: str,
+    where: str | None,
+    chunk_size: int | None,
+    as_json: bool,
+    wait: bool,
+    catch_up: int | None,
+    max_concurrency: int,
+    rows_per_second: float | None,
+    force: bool,
+) -> None:
+    """Plan a run and send one Celery task per chunk."""
+    limits = Limits(max_concurrency=max_concurrency, rows_per_second=rows_per_second).checked()
+    with _context(obj) as ctx:
+        result = commands.launch(
+            ctx,
+            reference,
+            where=where,
+            chunk_size=chunk_size,
+            catch_up=catch_up,
+            limits=limits,
+            force=force,
+        )
+        assert result.run_id is not None
+        status = result.status or "running"
+        if wait:
+            if not as_json:
+                render.plan_table(result.as_dict(), f"run {result.run_id} launched")
+            status = (
+                render.follow(
+                    result.chunks, commands.poller(ctx, result.run_id), f"run {result.run_id}"
+                )
+                if result.chunks
+                else status
+            )
+        if as_json:
+            payload = result.as_dict() | {"status": status}
+            if wait:
+                payload["health"] = health.health(ctx, result.run_id)
+            click.echo(json.dumps(payload, default=str))
+        elif wait:
+            render.health_table(health.health(ctx, result.run_id))
+        else:
+            render.plan_table(result.as_dict(), f"run {result.run_id} launched")
+            click.echo(f"follow it with: ferry status {result.run_id} --watch")
+    if wait and status != "completed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print MigrationHealth as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every 2 seconds until the run ends.")
+@click.pass_obj
+@_guarded
+def status(obj: dict[str, Any], run_id: int, as_json: bool, watch: bool) -> None:
+    """Progress, throughput, ETA, errors and health of a run."""
+    import time
+
+    with _context(obj) as ctx:
+        while True:
+            h = health.health(ctx, run_id)
+            if as_json:
+                click.echo(json.dumps(h, default=str))
+            else:
+                if watch:
+                    render.console.clear()
+                render.health_table(h)
+            if not watch or h["run_status"] in (
+                "completed",
+                "completed_with_errors",
+                "failed",
+                "cancelled",
+                "rolled_back",
+            ):
+                break
+            time.sleep(2)
+    if h["status"] == "failed":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--chunk", "chunk_no", type=int, help="Roll back this chunk only.")
+@click.option("--wait", is_flag=True, help="Follow until the rollback ends.")
+@click.option("--force", is_flag=True, help="Even if a later run wrote the same columns.")
+@click.pass_obj
+@_guarded
+def rollback(
+    obj: dict[str, Any], run_id: int, chunk_no: int | None, wait: bool, force: bool
+) -> None:
+    """Restore the pre-images of a run (or one chunk), newest chunk first."""
+    with _context(obj) as ctx:
+        result = commands.rollback(ctx, run_id, chunk_no=chunk_no, force=force)
+        click.echo(f"rolling back {result['chunks']} chunk(s) of run {run_id}")
+        if wait:
+            status = render.follow(
+                result["chunks"] if chunk_no is None else 1,
+                commands.poller(ctx, run_id, chunk_no=chunk_no),
+                f"rollback {run_id}",
+            )
+            click.echo(
+                f"run {run_id}: {status}" if chunk_no is None else f"chunk {chunk_no}: {status}"
+            )
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.pass_obj
+@_guarded
+def resume(obj: dict[str, Any], run_id: int) -> None:
+    """Continue a run from the ledger (after losing Redis, workers or the coordinator)."""
+    with _context(obj) as ctx:
+        result = commands.resume(ctx, run_id)
+    click.echo(f"run {run_id}: {result['dispatched']} pending chunk(s) sent again")
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--quarantined", is_flag=True, help="Re-run only the quarantined rows.")
+@click.pass_obj
+@_guarded
+def retry(obj: dict[str, Any], run_id: int, quarantined: bool) -> None:
+    """Send the failed chunks of a run again (or, with --quarantined, its quarantined rows)."""
+    with _context(obj) as ctx:
+        if quarantined:
+            result = quarantine.retry_quarantined(ctx, run_id)
+            click.echo(f"run {run_id}: quarantined rows of {result['dispatched']} chunk(s) sent")
+        else:
+            result = commands.retry(ctx, run_id)
+            click.echo(f"run {run_id}: {result['dispatched']} chunk(s) sent again")
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--sample",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows whose transform is recomputed for the checksum.",
+)
+@click.pass_obj
+@_guarded
+def verify(obj: dict[str, Any], run_id: int, as_json: bool, sample: int) -> None:
+    """Prove a completed run: counts, checksum on a sample, rules, and drift."""
+    with _context(obj) as ctx:
+        report = verification.verify(ctx, run_id, sample=sample)
+    if as_json:
+        click.echo(json.dumps(report, default=str))
+    else:
+        render.verify_table(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command(name="quarantine")
+@click.argument("run_id", type=int)
+@click.option(
+    "--export",
+    "export_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every quarantined row to this CSV file.",
+)
+@click.option("--unmask", is_flag=True, help="Export raw values (needs the unmask privilege).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+@_guarded
+def quarantine_cmd(
+    obj: dict[str, Any], run_id: int, export_to: Path | None, unmask: bool, as_json: bool
+) -> None:
+    """Quarantined rows of a run by rule, with masked values; export them to CSV."""
+    if unmask and export_to is None:
+        _fail("--unmask only goes with --export", 2)
+    with _context(obj) as ctx:
+        if export_to is not None:
+            rows = quarantine.export(ctx, run_id, export_to, unmask=unmask)
+            click.echo(
+                f"{rows} quarantined row(s) written to {export_to}"
+                + (" (values unmasked)" if unmask else " (values masked)")
+            )
+            return
+        result = quarantine.summary(ctx, run_id)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        render.quarantine_table(result)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.pass_obj
+@_guarded
+def pause(obj: dict[str, Any], run_id: int) -> None:
+    """Stop starting chunks (in-flight chunks finish); `ferry resume` continues."""
+    with _context(obj) as ctx:
+        control.pause(ctx, run_id)
+    click.echo(f"run {run_id} paused")
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.pass_obj
+@_guarded
+def cancel(obj: dict[str, Any], run_id: int) -> None:
+    """End a run for good; chunks already done stay done (see `ferry rollback`)."""
+    with _context(obj) as ctx:
+        result = control.cancel(ctx, run_id)
+    click.echo(f"run {run_id} cancelled; {result['chunks_cancelled']} chunk(s) will not run")
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--rows-per-second", type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-concurrency", type=click.IntRange(min=1))
+@click.option(
+    "--chunk-time",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Target seconds per chunk transaction.",
+)
+@click.pass_obj
+@_guarded
+def throttle(
+    obj: dict[str, Any],
+    run_id: int,
+    rows_per_second: float | None,
+    max_concurrency: int | None,
+    chunk_time: float | None,
+) -> None:
+    """Change a running run's limits; every worker follows within seconds."""
+    if rows_per_second is None and max_concurrency is None and chunk_time is None:
+        _fail("give at least one of --rows-per-second, --max-concurrency, --chunk-time", 2)
+    with _context(obj) as ctx:
+        result = control.throttle(
+            ctx,
+            run_id,
+            rows_per_second=rows_per_second,
+            max_concurrency=max_concurrency,
+            chunk_time=chunk_time,
+        )
+    click.echo(f"run {run_id} limits: {json.dumps(result['limits'])}")
+
+
+def _register_demo() -> None:
+    from coordinator.demo import demo
+
+    main.add_command(demo)
+
+
+_register_demo()

@@ -1,0 +1,463 @@
+"""Every ``ferry`` verb as a library call (alembic's ``command.py``): the CLI only renders.
+
+Each function takes a ``Context`` and returns plain data; errors are
+``FerryError`` subclasses that carry their exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from coordinator.planner import PostgresKeys, plan_bounds
+from coordinator.resolve import resolve
+from migrations.errors import BadInput, CheckFailed, FerryError
+from migrations.loading import load_backfill, normalize_reference
+from workers.catalog import average_row_bytes, data_directory, sample_size_bytes
+from workers.celery_app import make_app
+from workers.db import Database
+from workers.dispatch import Dispatcher
+from workers.failures import describe
+from workers.ledger import Ledger, q
+from workers.limits import Limits
+from workers.model import RunSpec
+from workers.progress import RedisProgress
+from workers.settings import Settings
+from workers.staging import RunContext, stage_input
+from workers.statements import ChunkArgs, KeyRange, Statements
+from workers.sweeper import sweep
+
+SAMPLE_ROWS = 200
+
+
+@dataclass
+class Context:
+    """The services one command uses, built from Settings once."""
+
+    settings: Settings
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @cached_property
+    def db(self) -> Database:
+        db = Database(self.settings, pool_size=2)
+        self._closers.append(db.dispose)
+        return db
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
+
+    @cached_property
+    def progress(self) -> RedisProgress:
+        return RedisProgress(self.settings.redis_url)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(make_app(self.settings), self.settings.queue)
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()
+
+
+# -- init ----------------------------------------------------------------------------------
+def init(ctx: Context) -> dict[str, Any]:
+    applied = ctx.ledger.init()
+    with ctx.db.transaction() as conn:
+        ctx.ledger.audit(conn, actor=ctx.settings.actor, action="init", params={"applied": applied})
+    return {"applied": applied, "version": ctx.ledger.version()}
+
+
+# -- plan and launch -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    spec: RunSpec
+    chunks: int
+    rows: int
+    estimated_seconds: float
+    backup_bytes: float
+    sample_ms: float
+    sample: dict[str, float]
+    disk_needed: float = 0.0
+    disk_free: float | None = None
+    run_id: int | None = None
+    status: str | None = None
+
+    @property
+    def fits(self) -> bool | None:
+        """Whether pre-images and WAL fit the database's free disk (None: cannot tell)."""
+        if self.disk_free is None:
+            return None
+        return self.disk_needed < 0.9 * self.disk_free
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "table": f"{self.spec.schema}.{self.spec.table}",
+            "key": self.spec.key,
+            "mode": self.spec.mode,
+            "writes": list(self.spec.writes),
+            "chunk_size": self.spec.chunk_size,
+            "chunks": self.chunks,
+            "rows": self.rows,
+            "estimated_seconds": round(self.estimated_seconds, 1),
+            "backup_bytes": int(self.backup_bytes),
+            "sample_ms": round(self.sample_ms, 1),
+            "disk_needed_bytes": int(self.disk_needed),
+            "disk_free_bytes": None if self.disk_free is None else int(self.disk_free),
+            "fits": self.fits,
+            "sample_rows": int(self.sample["sample_rows"]),
+            "sample_would_write": int(self.sample["sample_written"]),
+            "sample_would_quarantine": int(self.sample["sample_quarantined"]),
+        }
+
+
+def plan(
+    ctx: Context, reference: str, *, where: str | None = None, chunk_size: int | None = None
+) -> Plan:
+    """Everything ``launch`` does up to dispatch, in a transaction that is rolled back."""
+    return _prepare(ctx, reference, where=where, chunk_size=chunk_size, commit=False)
+
+
+def launch(
+    ctx: Context,
+    reference: str,
+    *,
+    where: str | None = None,
+    chunk_size: int | None = None,
+    catch_up: int | None = None,
+    limits: Limits | None = None,
+    force: bool = False,
+) -> Plan:
+    """Plan a run, record it with its chunks in one transaction, then send one task per chunk.
+
+    With ``catch_up``, the run covers exactly the rows of that earlier run which the
+    application changed after their chunk was applied (see ``ferry verify``).
+    """
+    prepared = _prepare(
+        ctx,
+        reference,
+        where=where,
+        chunk_size=chunk_size,
+        commit=True,
+        catch_up=catch_up,
+        limits=limits,
+        force=force,
+    )
+    assert prepared.run_id is not None
+    if prepared.chunks:
+        ctx.dispatcher.send_chunks(prepared.run_id, range(prepared.chunks))
+    return prepared
+
+
+def _prepare(
+    ctx: Context,
+    reference: str,
+    *,
+    where: str | None,
+    chunk_size: int | None,
+    commit: bool,
+    catch_up: int | None = None,
+    limits: Limits | None = None,
+    force: bool = False,
+) -> Plan:
+    ctx.ledger.require()
+    reference = normalize_reference(reference)
+    backfill = load_backfill(reference)
+    settings = ctx.settings
+    with ctx.db.connect() as conn:
+        try:
+            conn.execute("SELECT set_config('lock_timeout', '5s', true)")
+            params: dict[str, Any] = {
+                "where": where,
+                "chunk_size": chunk_size,
+                "actor": settings.actor,
+                "queue": settings.queue,
+                "limits": (limits or Limits()).to_json(),
+            }
+            if catch_up is not None:
+                from coordinator.verify import catch_up_filter
+
+                if where is not None:
+                    raise BadInput("--catch-up and --where cannot be combined")
+                where, drifted = catch_up_filter(conn, ctx, catch_up, backfill.table)
+                params.update(catch_up_of=catch_up, drifted_rows=drifted)
+            spec = resolve(conn, backfill, reference, where=where, chunk_size=chunk_size)
+            run_id = ctx.ledger.create_run(
+                conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
+            )
+            statements = Statements(spec, run_id)
+            conn.execute(statements.create_backup())
+            conn.execute(
+                q("register_backup"),
+                {"run_id": run_id, "table_name": f"backup_{run_id}", "columns": list(spec.writes)},
+            )
+            sample = _preflight(conn, spec, statements, run_id)
+            bounds = list(plan_bounds(PostgresKeys(conn, statements), spec.chunk_size))
+            chunks = ctx.ledger.insert_chunks(conn, run_id, bounds)
+            rows = _row_count(conn, statements, bounds, spec.chunk_size)
+            status = "running" if chunks else "completed"
+            conn.execute(q("start_run"), {"run_id": run_id, "total": chunks})
+            if not chunks:
+                conn.execute(q("end_run"), {"run_id": run_id, "status": "completed"})
+            per_row = sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
+            share = sample["sample_written"] / sample["sample_rows"] if sample["sample_rows"] else 1
+            changed = rows * share
+            # Pre-images, plus WAL for the new row versions and for the pre-image inserts.
+            disk_needed = per_row * changed * 2 + average_row_bytes(conn, spec.qualified) * changed
+            disk_free = _free_bytes(data_directory(conn))
+            if commit and not force and disk_free is not None and disk_needed >= 0.9 * disk_free:
+                raise CheckFailed(
+                    f"the run needs about {disk_needed / 2**30:.1f} GiB for pre-images and WAL "
+                    f"and the database's disk has {disk_free / 2**30:.1f} GiB free: free space, "
+                    "narrow the run, or pass --force"
+                )
+            ctx.ledger.audit(
+                conn,
+                actor=settings.actor,
+                action="launch",
+                run_id=run_id,
+                params={"backfill": reference, "chunks": chunks, **params},
+            )
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise CheckFailed(f"planning failed: {describe(exc)}") from None
+        except BaseException:
+            conn.rollback()
+            raise
+    sample_ms = sample["sample_ms"]
+    per_chunk_ms = sample_ms * spec.chunk_size / max(sample["sample_rows"], 1)
+    limits = limits or Limits()
+    # Celery adds ~4 ms a chunk (floors.md); chunks run max_concurrency at a time, and a
+    # rows/s budget, when set, bounds the whole run.
+    seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.max_concurrency
+    if limits.rows_per_second:
+        seconds = max(seconds, rows / limits.rows_per_second)
+    return Plan(
+        spec=spec,
+        chunks=chunks,
+        rows=rows,
+        estimated_seconds=seconds,
+        backup_bytes=per_row * changed,
+        disk_needed=disk_needed,
+        disk_free=disk_free,
+        sample_ms=sample_ms,
+        sample=sample,
+        run_id=run_id if commit else None,
+        status=status if commit else None,
+    )
+
+
+def _preflight(
+    conn: psycopg.Connection[Any], spec: RunSpec, statements: Statements, run_id: int
+) -> dict[str, float]:
+    """Apply the first rows for real inside a savepoint, then undo them.
+
+    Type errors, bad expressions, constraint violations, rule SQL, reference
+    rules and transform bugs show up here, on real rows, before any chunk
+    exists: the plan's pre-migration validation. Failures are exit 1.
+    """
+    bounds = next(plan_bounds(PostgresKeys(conn, statements), SAMPLE_ROWS), None)
+    if bounds is None:
+        return {"sample_ms": 0.0, "sample_rows": 0, "sample_written": 0, "sample_quarantined": 0}
+    sample = KeyRange(*bounds)
+    started = time.perf_counter()
+    what = f"pre-flight on the first {SAMPLE_ROWS} rows failed"
+    try:
+        with conn.transaction(force_rollback=True):
+            run_ctx = RunContext(run_id, spec, statements, None)
+            if spec.mode == "pandas":
+                run_ctx = RunContext.build(run_id, spec)
+                stage_input(conn, run_ctx, sample)
+            args = ChunkArgs(run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight")
+            counts = conn.execute(statements.apply(args)).fetchone()
+    except psycopg.Error as exc:
+        raise CheckFailed(f"{what}: {describe(exc)}") from None
+    except FerryError as exc:
+        raise CheckFailed(f"{what}: {exc}") from None
+    assert counts is not None
+    if counts["rows_failed"]:
+        rule = spec.rules[counts["failed_rule"]]
+        raise CheckFailed(
+            f"{what}: {counts['rows_failed']} rows fail the rule on {rule.field} "
+            f"(action fail): {rule.error_message}"
+        )
+    return {
+        "sample_ms": (time.perf_counter() - started) * 1000,
+        "sample_rows": int(counts["rows_read"]),
+        "sample_written": int(counts["rows_written"]),
+        "sample_quarantined": int(counts["rows_quarantined"]),
+    }
+
+
+def _free_bytes(data_dir: str | None) -> float | None:
+    """Free bytes on the database's disk, when its data directory is visible from here."""
+    if not data_dir or not Path(data_dir).exists():
+        return None
+    try:
+        return float(shutil.disk_usage(data_dir).free)
+    except OSError:
+        return None
+
+
+def _row_count(
+    conn: psycopg.Connection[Any],
+    statements: Statements,
+    bounds: list[tuple[str | None, str]],
+    chunk_size: int,
+) -> int:
+    """Rows in the run: every chunk but the last holds exactly chunk_size."""
+    if not bounds:
+        return 0
+    row = conn.execute(statements.count_range(KeyRange(*bounds[-1]))).fetchone()
+    return (len(bounds) - 1) * chunk_size + int(row["n"] if row else 0)
+
+
+# -- control -------------------------------------------------------------------------------
+def resume(ctx: Context, run_id: int) -> dict[str, Any]:
+    """Continue a run from the ledger: after ``ferry pause``, a health pause, or losing the
+    coordinator, Redis or workers. Pending chunks are sent again (a duplicate is a no-op)."""
+    with ctx.db.transaction() as conn:
+        run = ctx.ledger.get_run(run_id, conn)
+        if run.status not in ("running", "paused"):
+            raise CheckFailed(f"run {run_id} is {run.status}; only running or paused runs resume")
+        conn.execute(q("reopen_run"), {"run_id": run_id, "from": ["paused"]})
+    requeued = sweep(ctx.ledger, ctx.dispatcher)
+    pending = ctx.ledger.pending(run_id)
+    ctx.dispatcher.send_chunks(run_id, pending, queue=run.params.get("queue"))
+    with ctx.db.transaction() as conn:
+        ctx.ledger.audit(
+            conn,
+            actor=ctx.settings.actor,
+            action="resume",
+            run_id=run_id,
+            params={"dispatched": len(pending), "requeued": len(requeued), "was": run.status},
+        )
+    ctx.ledger.finalize_run(run_id)
+    return {"run_id": run_id, "dispatched": len(pending)}
+
+
+def retry(ctx: Context, run_id: int) -> dict[str, Any]:
+    """Send the failed chunks of a run again (after the cause was fixed), and the chunks a
+    stopped run never reached."""
+    with ctx.db.transaction() as conn:
+        run = ctx.ledger.get_run(run_id, conn)
+        if run.status not in ("running", "failed"):
+            raise CheckFailed(f"run {run_id} is {run.status}; only failed runs can be retried")
+        failed = [r["chunk_no"] for r in conn.execute(q("retry_failed"), {"run_id": run_id})]
+        conn.execute(q("reopen_run"), {"run_id": run_id, "from": ["failed"]})
+        ctx.ledger.audit(
+            conn,
+            actor=ctx.settings.actor,
+            action="retry",
+            run_id=run_id,
+            params={"chunks": len(failed)},
+        )
+    chunks = sorted(set(failed) | set(ctx.ledger.pending(run_id)))
+    ctx.dispatcher.send_chunks(run_id, chunks, queue=run.params.get("queue"))
+    return {"run_id": run_id, "dispatched": len(chunks)}
+
+
+def rollback(
+    ctx: Context, run_id: int, *, chunk_no: int | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Restore pre-images, newest chunk first, as Celery tasks."""
+    with ctx.db.transaction() as conn:
+        run = ctx.ledger.get_run(run_id, conn)
+        if run.status in ("rolled_back", "planning"):
+            raise CheckFailed(f"run {run_id} is {run.status}; nothing to roll back")
+        if not force:
+            later = conn.execute(
+                q("later_overlapping_runs"),
+                {
+                    "run_id": run_id,
+                    "schema": run.spec.schema,
+                    "table": run.spec.table,
+                    "writes": list(run.spec.writes),
+                },
+            ).fetchone()
+            if later is not None:
+                raise CheckFailed(
+                    f"run {later['id']} ran later over the same columns; roll it back first "
+                    "(or pass --force)"
+                )
+        if chunk_no is None:
+            conn.execute(q("lock_run"), {"run_id": run_id})
+            ctx.ledger.set_run_status(conn, run_id, "rolling_back", [run.status])
+            conn.execute(q("cancel_pending_for_rollback"), {"run_id": run_id})
+        order = [
+            r["chunk_no"]
+            for r in conn.execute(q("rollback_order"), {"run_id": run_id, "chunk_no": chunk_no})
+        ]
+        if chunk_no is not None and not order:
+            raise CheckFailed(f"chunk {chunk_no} of run {run_id} is not done; nothing to restore")
+        ctx.ledger.audit(
+            conn,
+            actor=ctx.settings.actor,
+            action="rollback",
+            run_id=run_id,
+            params={"chunk": chunk_no, "chunks": len(order), "force": force},
+        )
+    ctx.dispatcher.send_rollbacks(run_id, order, queue=run.params.get("queue"))
+    if chunk_no is None:
+        ctx.ledger.finalize_run(run_id)
+    return {"run_id": run_id, "chunks": len(order), "chunk": chunk_no}
+
+
+def chunk_status(ctx: Context, run_id: int, chunk_no: int) -> str:
+    with ctx.db.transaction() as conn:
+        row = conn.execute(q("get_chunk"), {"run_id": run_id, "chunk_no": chunk_no}).fetchone()
+    if row is None:
+        raise BadInput(f"run {run_id} has no chunk {chunk_no}")
+    return str(row["status"])
+
+
+# -- following a run -------------------------------------------------------------------------
+def poller(
+    ctx: Context, run_id: int, *, chunk_no: int | None = None
+) -> Callable[[], tuple[int, int, str, bool]]:
+    """A poll function for ``--wait``: reads the ledger, sweeps lost chunks, ends the run.
+
+    The coordinator sweeps too, so a run whose workers all died still gets its
+    chunks re-queued when workers come back.
+    """
+    last_sweep = [0.0]
+
+    def poll() -> tuple[int, int, str, bool]:
+        now = time.monotonic()
+        if now - last_sweep[0] >= ctx.settings.sweep_interval:
+            last_sweep[0] = now
+            with contextlib.suppress(Exception):  # a missed sweep is retried on the next tick
+                sweep(
+                    ctx.ledger,
+                    ctx.dispatcher,
+                    stall_seconds=ctx.settings.stall_seconds,
+                    queue_length=ctx.progress.queue_length,
+                )
+            ctx.ledger.finalize_run(run_id)
+        if chunk_no is not None:
+            status = chunk_status(ctx, run_id, chunk_no)
+            return (int(status == "rolled_back"), 0, status, status != "done")
+        with ctx.db.transaction() as conn:
+            run = ctx.ledger.get_run(run_id, conn)
+            rows = {r["status"]: r for r in conn.execute(q("status_counts"), {"run_id": run_id})}
+        settled = sum(int(r["chunks"]) for s, r in rows.items() if s not in ("pending", "running"))
+        processed = sum(int(r["rows_read"]) for r in rows.values())
+        if run.status == "rolling_back" or run.status == "rolled_back":
+            settled = int(rows["rolled_back"]["chunks"]) if "rolled_back" in rows else 0
+        return settled, processed, run.status, run.is_final
+
+    return poll

@@ -1,0 +1,116 @@
+"""Resolving a Backfill against the live catalog: everything checked before anything is written.
+
+Every failure here is ``BadInput`` (exit 2) with one line that names the
+problem, never a row value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from migrations.errors import BadInput
+from migrations.identifiers import QualifiedName
+from migrations.spec import Backfill
+from workers.catalog import (
+    KEY_TYPES,
+    TableInfo,
+    assignable,
+    base_type,
+    check_where,
+    describe_table,
+    expression_types,
+)
+from workers.failures import describe
+from workers.model import RunSpec
+
+Conn = psycopg.Connection[Any]
+
+
+def resolve(
+    conn: Conn,
+    backfill: Backfill,
+    reference: str,
+    *,
+    where: str | None = None,
+    chunk_size: int | None = None,
+) -> RunSpec:
+    name = QualifiedName.parse(backfill.table)
+    info = describe_table(conn, name)
+    _check_columns(info, backfill)
+    where = where if where is not None else backfill.where
+    qualified = QualifiedName(info.schema, info.name)
+    if where:
+        _guard(conn, lambda: check_where(conn, qualified, where), "--where filter")
+    if backfill.sql is not None:
+        types = _guard(
+            conn,
+            lambda: expression_types(conn, qualified, dict(backfill.sql or {}), where),
+            "sql expression",
+        )
+        for column, oid in types.items():
+            if not assignable(conn, oid, info.columns[column]):
+                raise BadInput(
+                    f"column {column} ({info.columns[column]}) cannot hold the result of its "
+                    "sql expression"
+                )
+    if backfill.updated_at is not None and backfill.updated_at not in info.columns:
+        raise BadInput(f"updated_at column {backfill.updated_at} does not exist")
+    for rule in backfill.rules:
+        if rule.type == "reference":
+            *table_parts, ref_col = rule.condition.split(".")
+            ref = describe_table(conn, QualifiedName.parse(".".join(table_parts)))
+            if ref_col not in ref.columns:
+                raise BadInput(f"reference column {rule.condition} does not exist")
+    size = chunk_size if chunk_size is not None else backfill.chunk_size
+    if size < 1:
+        raise BadInput("chunk size must be at least 1")
+    spec = backfill.to_dict()
+    return RunSpec(
+        reference=reference,
+        schema=info.schema,
+        table=info.name,
+        key=backfill.key,
+        key_type=info.columns[backfill.key],
+        reads=tuple(backfill.reads),
+        writes=tuple(backfill.writes),
+        column_types={
+            c: info.columns[c] for c in {backfill.key, *backfill.reads, *backfill.writes}
+        },
+        mode=backfill.mode,
+        sql=spec["sql"],
+        transform=spec["transform"],
+        rules=tuple(backfill.rules),
+        chunk_size=size,
+        where=where,
+        extra={"updated_at": backfill.updated_at} if backfill.updated_at else {},
+    )
+
+
+def _check_columns(info: TableInfo, backfill: Backfill) -> None:
+    table = f"{info.schema}.{info.name}"
+    if backfill.key not in info.columns:
+        raise BadInput(f"key column {backfill.key} does not exist in {table}")
+    if base_type(info.columns[backfill.key]) not in KEY_TYPES:
+        raise BadInput(
+            f"key column {backfill.key} has type {info.columns[backfill.key]}, "
+            "which Ferry cannot range over"
+        )
+    if backfill.key not in info.unique_columns:
+        raise BadInput(f"key column {backfill.key} of {table} has no unique index")
+    for column in backfill.writes:
+        if column not in info.columns:
+            raise BadInput(f"written column {column} does not exist in {table}")
+    for column in backfill.reads:
+        if column not in info.columns:
+            raise BadInput(f"read column {column} does not exist in {table}")
+
+
+def _guard(conn: Conn, action: Any, what: str) -> Any:
+    """Run a catalog check, turning a database error into one masked BadInput line."""
+    try:
+        with conn.transaction():
+            return action()
+    except psycopg.Error as exc:
+        raise BadInput(f"{what} is not valid here: {describe(exc)}") from None
