@@ -1,0 +1,228 @@
+"""What a backfill costs the application: OLTP latency alone, under one UPDATE, under Ferry.
+
+    python bench/oltp_impact.py [--rows 1000000] [--window 10]
+
+A pgbench-style load (4 client processes, each a point UPDATE then a point SELECT by random
+key, autocommit) runs alone, then while one whole-table UPDATE rewrites the table, then while
+Ferry backfills the same column with 2 worker processes and its default limits. Each prints
+transactions/s and p50/p99/max latency, measured in this one run on the same table.
+Needs the local PostgreSQL and Redis; creates database ferry_oltp, uses Redis db 13.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import redis
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB = "ferry_oltp"
+URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
+REDIS = "redis://127.0.0.1:6379/13"
+QUEUE = "ferry-oltp"
+CLIENTS = 4
+EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
+
+
+def setup(rows: int) -> None:
+    with psycopg.connect(SERVER, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE patients (id bigint PRIMARY KEY, dob_text text, weight_lb text, "
+            "weight_kg numeric(8,2), visits integer NOT NULL DEFAULT 0, pad text)"
+        )
+        conn.execute(
+            "INSERT INTO patients SELECT g, '1980-01-01', (100 + g %% 150)::text || ' lbs',"
+            " NULL, 0, repeat('x', 80) FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute("VACUUM ANALYZE patients")
+
+
+def reset() -> None:
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute("UPDATE patients SET weight_kg = NULL")
+        conn.execute("VACUUM ANALYZE patients")
+        conn.execute("CHECKPOINT")
+
+
+def _client(seed: int, rows: int, stop: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    rng = random.Random(seed)
+    latencies = []
+    with psycopg.connect(URL, autocommit=True) as conn:
+        while not stop.is_set():
+            key = rng.randint(1, rows)
+            started = time.perf_counter()
+            conn.execute("UPDATE patients SET visits = visits + 1 WHERE id = %s", (key,))
+            conn.execute("SELECT * FROM patients WHERE id = %s", (key,)).fetchone()
+            latencies.append((time.perf_counter() - started) * 1000)
+    out.put(latencies)
+
+
+def measure(rows: int, during: Callable[[], None]) -> tuple[dict[str, float], float]:
+    """Run the load while ``during`` runs; returns the load's figures and during's seconds."""
+    stop = mp.Event()
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    clients = [mp.Process(target=_client, args=(i, rows, stop, out)) for i in range(CLIENTS)]
+    for c in clients:
+        c.start()
+    time.sleep(1.0)  # connections up, caches warm
+    started = time.perf_counter()
+    during()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    latencies = sorted(x for _ in clients for x in out.get())
+    for c in clients:
+        c.join()
+    window = [x for x in latencies]  # the whole load, including its warm-up second
+    return {
+        "tps": len(window) / (elapsed + 1.0),
+        "p50": statistics.median(window),
+        "p99": window[int(0.99 * (len(window) - 1))],
+        "max": window[-1],
+    }, elapsed
+
+
+def single_update() -> None:
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute("UPDATE patients SET weight_kg = " + EXPR)
+
+
+def ferry_backfill(spec: Path) -> Callable[[], None]:
+    def run() -> None:
+        from coordinator import commands
+        from workers.settings import Settings
+
+        ctx = commands.Context(
+            Settings.from_env({}, database_url=URL, redis_url=REDIS, queue=QUEUE)
+        )
+        plan = commands.launch(ctx, f"{spec}:b")
+        assert plan.run_id is not None
+        poll = commands.poller(ctx, plan.run_id)
+        while True:
+            _, _, status, done = poll()
+            if done:
+                break
+            time.sleep(0.25)
+        ctx.close()
+        if status != "completed":
+            raise SystemExit(f"ferry run ended {status}")
+
+    return run
+
+
+def start_workers(count: int) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "FERRY_DATABASE_URL": URL,
+        "FERRY_REDIS_URL": REDIS,
+        "FERRY_QUEUE": QUEUE,
+        "PYTHONPATH": str(ROOT),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-n",
+                f"oltp{i}@%h",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "-Q",
+                QUEUE,
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(count)
+    ]
+    time.sleep(4)
+    return procs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--window", type=float, default=10.0)
+    args = parser.parse_args()
+    print(f"building {args.rows:,} rows ...", flush=True)
+    setup(args.rows)
+    redis.Redis.from_url(REDIS).flushdb()
+    from coordinator import commands
+    from workers.settings import Settings
+
+    commands.init(commands.Context(Settings.from_env({}, database_url=URL, redis_url=REDIS)))
+    spec = Path(tempfile.mkdtemp()) / "oltp_spec.py"
+    spec.write_text(
+        "from migrations import Backfill\n"
+        f"b = Backfill(table='patients', key='id', reads=['weight_lb'], "
+        f"writes=['weight_kg'], sql={{'weight_kg': {EXPR!r}}})\n"
+    )
+    results: dict[str, tuple[dict[str, float], float]] = {}
+    results["alone"] = measure(args.rows, lambda: time.sleep(args.window))
+    print("  alone", flush=True)
+    results["one UPDATE"] = measure(args.rows, single_update)
+    print("  one UPDATE", flush=True)
+    reset()
+    workers = start_workers(2)
+    try:
+        results["Ferry, default limits"] = measure(args.rows, ferry_backfill(spec))
+        print("  Ferry", flush=True)
+    finally:
+        for w in workers:
+            os.killpg(w.pid, signal.SIGTERM)
+        for w in workers:
+            w.wait()
+    base = results["alone"][0]
+    print("\n(2 cores shared by PostgreSQL, the load and the workers)")
+    print("| during | tps | p50 ms | p99 ms | max ms | tps vs alone | p99 vs alone | writer s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (r, secs) in results.items():
+        print(
+            f"| {name} | {r['tps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} | "
+            f"{r['tps'] / base['tps']:.2f} | {r['p99'] / base['p99']:.2f} | "
+            f"{'-' if name == 'alone' else f'{secs:.1f}'} |"
+        )
+    f = results["Ferry, default limits"][0]
+    checks = {
+        "p99 <= 2x alone": f["p99"] <= 2 * base["p99"],
+        "max <= 250 ms": f["max"] <= 250,
+        "tps >= 70% of alone": f["tps"] >= 0.7 * base["tps"],
+    }
+    print(
+        "targets under Ferry: "
+        + "; ".join(f"{k}: {'PASS' if v else 'MISS'}" for k, v in checks.items())
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Bad input (exit 2) and failed pre-flight checks (exit 1): one line on stderr, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import ferry
+from tests.helpers import fingerprint, make_numbers_table, spec_file
+
+pytestmark = pytest.mark.usefixtures("ledger_ready")
+
+CASES = {
+    "unknown_table": 'Backfill(table="nope", key="id", writes=["score"], sql={"score": "1"})',
+    "unknown_key": 'Backfill(table="victim", key="nokey", writes=["score"], sql={"score": "1"})',
+    "missing_write": 'Backfill(table="victim", key="id", writes=["ghost"], sql={"ghost": "1"})',
+    "missing_read": 'Backfill(table="victim", key="id", reads=["ghost"], writes=["score"], '
+    'sql={"score": "1"})',
+    "type_mismatch": 'Backfill(table="victim", key="id", writes=["score"], sql={"score": "now()"})',
+    "bad_expression": 'Backfill(table="victim", key="id", writes=["score"], '
+    'sql={"score": "no_such_fn(a)"})',
+    "non_unique_key": 'Backfill(table="victim", key="a", writes=["score"], sql={"score": "1"})',
+}
+
+# Pre-migration validation on a sample of real rows: a check failed, exit 1, nothing written.
+SAMPLE_CASES = {
+    "sample_cannot_hold": 'Backfill(table="victim", key="id", writes=["score"], '
+    'sql={"score": "a * 10000000"})',
+    "sample_fail_rule": 'Backfill(table="victim", key="id", writes=["score"], sql={"score": "a"},'
+    ' rules=[ValidationRule(field="score", type="range", condition="0..1000", action="fail")])',
+    "sample_constraint": 'Backfill(table="victim", key="id", writes=["note"], '
+    'sql={"note": "NULL"})',
+}
+
+
+@pytest.fixture
+def victim(db: psycopg.Connection[Any]) -> str:
+    make_numbers_table(db, "victim", 1_000)
+    db.execute("UPDATE victim SET a = 2147483 WHERE id = 5")
+    db.execute("ALTER TABLE victim ALTER note SET NOT NULL")
+    return fingerprint(db, "victim")
+
+
+def _state(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    runs = db.execute("SELECT count(*) FROM ferry.runs").fetchone()
+    tables = db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry'").fetchone()
+    return (runs, tables, fingerprint(db, "victim"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(SAMPLE_CASES))
+def test_bad_spec_exits_and_changes_nothing(
+    case: str, victim: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    path = spec_file(tmp_path, f"b = {CASES.get(case) or SAMPLE_CASES[case]}\n")
+    before = _state(db)
+    code = 2 if case in CASES else 1
+    for verb in ("plan", "launch"):
+        proc = ferry(verb, f"{path}:b", env=env)
+        assert proc.returncode == code, (verb, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ferry: error:"), proc.stderr
+        assert "2147483" not in proc.stderr
+    assert _state(db) == before
+
+
+@pytest.mark.parametrize(
+    ("ref", "needle"),
+    [
+        ("no_such_module:thing", "cannot import"),
+        ("tests.helpers:no_such_attr", "no attribute"),
+        ("tests.helpers:fingerprint", "not a Backfill"),
+        ("missing/file.py:b", "no such file"),
+        ("not-a-reference", "must look like"),
+    ],
+)
+def test_bad_reference_exits_2(
+    ref: str, needle: str, victim: str, db: psycopg.Connection[Any], env: dict[str, str]
+) -> None:
+    before = _state(db)
+    proc = ferry("launch", ref, env=env)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert _state(db) == before
+
+
+@pytest.mark.parametrize(
+    "table", ["victim; DROP TABLE victim", 'victim"', "a.b.c", "1abc", "victim--"]
+)
+def test_identifiers_are_refused(
+    table: str, victim: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    path = spec_file(
+        tmp_path,
+        f"b = Backfill(table={table!r}, key='id', writes=['score'], sql={{'score': '1'}})\n",
+    )
+    before = _state(db)
+    proc = ferry("launch", f"{path}:b", env=env)
+    assert proc.returncode == 2 and ("identifier" in proc.stderr or "dots" in proc.stderr)
+    assert _state(db) == before
+
+
+def test_password_never_printed(env: dict[str, str]) -> None:
+    bad = {**env, "FERRY_DATABASE_URL": "postgresql://postgres:s3cretPW@127.0.0.1:1/none"}
+    proc = ferry("status", "1", env=bad)
+    assert proc.returncode == 1
+    assert "s3cretPW" not in proc.stderr + proc.stdout
+    assert proc.stderr.startswith("ferry: error:")
+
+
+def test_unknown_run_exits_2(env: dict[str, str]) -> None:
+    proc = ferry("status", "999999", env=env)
+    assert proc.returncode == 2 and "no run 999999" in proc.stderr
+
+
+def test_plan_reports_capacity(
+    victim: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+
+    path = spec_file(
+        tmp_path,
+        'b = Backfill(table="victim", key="id", writes=["score"], '
+        'sql={"score": "b"}, chunk_size=100)\n',
+    )
+    proc = ferry("plan", f"{path}:b", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["chunks"] == 10 and plan["rows"] == 1000
+    assert plan["disk_needed_bytes"] > 0 and plan["estimated_seconds"] >= 0
+    assert plan["disk_free_bytes"] > plan["disk_needed_bytes"] and plan["fits"] is True
+    assert plan["sample_would_write"] > 0

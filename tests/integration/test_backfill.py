@@ -1,0 +1,339 @@
+"""End to end: the real CLI launches, real Celery workers apply, PostgreSQL checks the result."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import WorkerPool, ferry
+from tests.helpers import (
+    chunk_counts,
+    copy_table,
+    fingerprint,
+    launch,
+    make_numbers_table,
+    spec_file,
+    wait_run,
+)
+
+pytestmark = pytest.mark.usefixtures("workers")
+
+SQL_SPEC = """
+score_sql = Backfill(table="{table}", key="id", reads=["a", "b", "name"], writes=["score", "code"],
+                     sql={{"score": "a * 3 + b", "code": "upper(trim(name))"}}, chunk_size={chunk})
+"""
+
+PANDAS_SPEC = """
+def fn(df):
+    out = pd.DataFrame({{"id": df["id"]}})
+    out["score"] = df["a"] * 3 + df["b"]
+    out["code"] = df["name"].str.strip().str.upper()
+    return out
+
+score_pandas = Backfill(table="{table}", key="id", reads=["a", "b", "name"],
+                        writes=["score", "code"], transform=fn, chunk_size={chunk})
+"""
+
+REFERENCE_UPDATE = "UPDATE {t} SET score = a * 3 + b, code = upper(trim(name))"
+
+
+def _reference(db: psycopg.Connection[Any], table: str) -> str:
+    copy_table(db, table, f"{table}_ref")
+    db.execute(REFERENCE_UPDATE.format(t=f"{table}_ref"))
+    return fingerprint(db, f"{table}_ref")
+
+
+@pytest.mark.parametrize(("mode", "template"), [("sql", SQL_SPEC), ("pandas", PANDAS_SPEC)])
+def test_100k_rows_equal_single_statement(
+    mode: str, template: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    table = f"big_{mode}"
+    make_numbers_table(db, table, 100_000)
+    expected = _reference(db, table)
+    before = fingerprint(db, table)
+    path = spec_file(tmp_path, template.format(table=table, chunk=5000))
+    attr = "score_sql" if mode == "sql" else "score_pandas"
+    run_id = launch(env, f"{path}:{attr}")
+    assert wait_run(db, run_id) == "completed"
+    assert fingerprint(db, table) == expected
+    counts = db.execute(
+        "SELECT count(*), sum(rows_read), sum(rows_written), min(attempts) FROM ferry.chunks "
+        "WHERE run_id = %s AND status = 'done'",
+        (run_id,),
+    ).fetchone()
+    assert counts is not None
+    assert counts[0] == 20 and counts[1] == 100_000 and counts[3] >= 1
+    # rows whose values did not change are not written, and not backed up
+    unchanged = db.execute(
+        f"SELECT count(*) FROM {table}_ref WHERE score IS NULL AND code IS NULL"
+    ).fetchone()
+    assert unchanged is not None
+    assert counts[2] == 100_000 - unchanged[0]
+    backups = db.execute(
+        f"SELECT count(*), count(DISTINCT id) FROM ferry.backup_{run_id}"
+    ).fetchone()
+    assert backups == (counts[2], counts[2])
+
+    status = ferry("status", str(run_id), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    health = json.loads(status.stdout)
+    assert health["status"] == "healthy" and health["run_status"] == "completed"
+    assert health["chunks"]["done"] == 20 and health["rows"]["processed"] == 100_000
+    assert set(health["metrics"]) >= {"duration", "errorRate", "dataProcessed", "resourceUsage"}
+
+    # rollback restores every byte
+    rb = ferry("rollback", str(run_id), "--wait", env=env)
+    assert rb.returncode == 0, rb.stderr
+    assert wait_run(db, run_id, until=("rolled_back",)) == "rolled_back"
+    assert fingerprint(db, table) == before
+    assert chunk_counts(db, run_id) == {"rolled_back": 20}
+
+
+@pytest.mark.parametrize(
+    ("key_type", "key_expr"),
+    [
+        ("bigint", "g * g"),  # sparse: gaps grow with g
+        ("uuid", "md5(g::text)::uuid"),
+        ("text", "'k' || md5(g::text)"),
+        ("integer", "g * 3"),
+    ],
+)
+def test_key_types_and_sparse_keys(
+    key_type: str, key_expr: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    table = f"keys_{key_type}"
+    make_numbers_table(db, table, 7_000, key_expr=key_expr, key_type=key_type)
+    expected = _reference(db, table)
+    path = spec_file(tmp_path, SQL_SPEC.format(table=table, chunk=1000))
+    run_id = launch(env, f"{path}:score_sql")
+    assert wait_run(db, run_id) == "completed"
+    assert fingerprint(db, table) == expected
+    sizes = [
+        r[0]
+        for r in db.execute(
+            "SELECT rows_read FROM ferry.chunks WHERE run_id = %s ORDER BY chunk_no", (run_id,)
+        )
+    ]
+    assert sizes == [1000] * 7
+
+
+def test_where_filter_narrows_rows(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    make_numbers_table(db, "filtered", 5_000)
+    path = spec_file(tmp_path, SQL_SPEC.format(table="filtered", chunk=500))
+    run_id = launch(env, f"{path}:score_sql", "--where", "b = 0")
+    assert wait_run(db, run_id) == "completed"
+    row = db.execute(
+        "SELECT count(*) FILTER (WHERE score IS NOT NULL), "
+        "count(*) FILTER (WHERE b = 0 AND a IS NOT NULL) FROM filtered"
+    ).fetchone()
+    assert row is not None and row[0] == row[1] > 0
+
+
+def test_empty_table_completes_with_zero_chunks(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    make_numbers_table(db, "empty_t", 0)
+    path = spec_file(tmp_path, SQL_SPEC.format(table="empty_t", chunk=100))
+    proc = ferry("launch", f"{path}:score_sql", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["chunks"] == 0 and out["status"] == "completed"
+    row = db.execute(
+        "SELECT status, total_chunks FROM ferry.runs WHERE id = %s", (out["run_id"],)
+    ).fetchone()
+    assert row == ("completed", 0)
+
+
+def test_redelivered_done_chunk_is_a_noop(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    workers: WorkerPool,
+    database_url: str,
+    redis_url: str,
+    queue: str,
+) -> None:
+    make_numbers_table(db, "redeliver", 3_000)
+    path = spec_file(tmp_path, SQL_SPEC.format(table="redeliver", chunk=1000))
+    run_id = launch(env, f"{path}:score_sql")
+    assert wait_run(db, run_id) == "completed"
+    ledger_sql = (
+        "SELECT chunk_no, status, attempts, rows_written, finished_at FROM ferry.chunks "
+        "WHERE run_id = %s ORDER BY chunk_no"
+    )
+    ledger_before = db.execute(ledger_sql, (run_id,)).fetchall()
+    # The application changes a row after its chunk ran: a redelivery must not touch it.
+    db.execute("UPDATE redeliver SET score = -1 WHERE id = 1")
+    before = fingerprint(db, "redeliver")
+
+    from workers.celery_app import make_app
+    from workers.settings import Settings
+
+    app = make_app(
+        Settings.from_env({}, database_url=database_url, redis_url=redis_url, queue=queue)
+    )
+    ids = [f"ferry:{run_id}:{n}" for n in range(3)]  # the very task ids the run used
+    for n, task_id in enumerate(ids):
+        app.send_task(
+            "ferry.chunk", args=[run_id, n], queue=queue, task_id=task_id, ignore_result=True
+        )
+
+    def noops() -> list[str]:
+        logs = workers.logs()
+        return [
+            i
+            for i in ids
+            if re.search(
+                rf"{re.escape(i)}\] succeeded in [0-9.]+s: {{[^}}]*'outcome': 'noop'", logs
+            )
+        ]
+
+    deadline = time.monotonic() + 60
+    while noops() != ids and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logs = workers.logs()
+    assert noops() == ids, logs[-3000:]
+    assert db.execute(ledger_sql, (run_id,)).fetchall() == ledger_before
+    assert fingerprint(db, "redeliver") == before
+
+
+def test_quarantine_skips_rows_and_masks_values(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, redis_url: str
+) -> None:
+    make_numbers_table(db, "quar", 4_000)
+    db.execute("UPDATE quar SET name = 'SSN 123-45-6789' WHERE id % 500 = 0")
+    path = spec_file(
+        tmp_path,
+        """
+q = Backfill(table="quar", key="id", reads=["a", "b", "name"], writes=["score", "code"],
+             sql={"score": "a * 3 + b", "code": "upper(trim(name))"}, chunk_size=1000,
+             rules=[ValidationRule(field="code", type="format", condition="NAME [0-9]+",
+                                   error_message="bad code", action="skip")])
+""",
+    )
+    run_id = launch(env, f"{path}:q")
+    assert wait_run(db, run_id) == "completed_with_errors"
+    rows = db.execute(
+        "SELECT row_key, field, rule_type, message, value_masked FROM ferry.quarantine "
+        "WHERE run_id = %s ORDER BY row_key::bigint",
+        (run_id,),
+    ).fetchall()
+    assert [int(r[0]) for r in rows] == list(range(500, 4001, 500))
+    assert all(r[1] == "code" and r[2] == "format" and r[3] == "bad code" for r in rows)
+    assert all(r[4].startswith("***") and "123-45" not in r[4] for r in rows)
+    # equal values mask equally, so they can be correlated without being revealed
+    assert len({r[4] for r in rows}) == 1
+    skipped = db.execute("SELECT count(*) FROM quar WHERE id % 500 = 0 AND code IS NULL").fetchone()
+    assert skipped == (8,)
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("ferry:*"):
+        kind = client.type(key)
+        blob = (
+            str(client.xrange(key))
+            if kind == b"stream"
+            else str(client.hgetall(key))
+            if kind == b"hash"
+            else str(client.get(key))
+        )
+        assert "123-45-6789" not in blob and "123-45-6789" not in key.decode()
+
+
+def test_failed_chunk_error_is_masked(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    db.execute("DROP TABLE IF EXISTS dates_t")
+    db.execute("CREATE TABLE dates_t (id int PRIMARY KEY, dob_text text, dob date)")
+    db.execute("INSERT INTO dates_t SELECT g, '2001-01-01' FROM generate_series(1, 300) g")
+    db.execute("UPDATE dates_t SET dob_text = 'Jane Roe 1961' WHERE id = 250")
+    path = spec_file(
+        tmp_path,
+        """
+d = Backfill(table="dates_t", key="id", reads=["dob_text"], writes=["dob"],
+             sql={"dob": "to_date(dob_text, 'YYYY-MM-DD')"}, chunk_size=100)
+""",
+    )
+    # the sample pre-flight covers the first 200 rows only, so the bad row fails at run time
+    run_id = launch(env, f"{path}:d")
+    assert wait_run(db, run_id) == "failed"
+    err = db.execute(
+        "SELECT error FROM ferry.chunks WHERE run_id = %s AND status = 'failed'", (run_id,)
+    ).fetchone()
+    assert err is not None and "22007" in err[0] and "Jane" not in err[0]
+    assert chunk_counts(db, run_id) == {"done": 2, "failed": 1}
+    status = ferry("status", str(run_id), env=env)
+    assert status.returncode == 1 and "Jane" not in status.stdout
+
+
+def test_sigkilled_worker_loses_nothing(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, queue: str
+) -> None:
+    """A whole worker (main process and child) SIGKILLed mid-chunk; another finishes the run."""
+    kill_env = {**env, "FERRY_QUEUE": f"{queue}-kill"}
+    pool = WorkerPool(kill_env, tmp_path)
+    try:
+        pool.start("victim")
+        pool.start("survivor")
+        make_numbers_table(db, "killme", 30_000)
+        expected = _reference(db, "killme")
+        path = spec_file(
+            tmp_path,
+            """
+import time
+
+def slow(df):
+    time.sleep(0.3)
+    out = pd.DataFrame({"id": df["id"]})
+    out["score"] = df["a"] * 3 + df["b"]
+    out["code"] = df["name"].str.strip().str.upper()
+    return out
+
+k = Backfill(table="killme", key="id", reads=["a", "b", "name"], writes=["score", "code"],
+             transform=slow, chunk_size=1000)
+""",
+        )
+        run_id = launch(kill_env, f"{path}:k")
+        import time
+
+        deadline = time.monotonic() + 60
+        victim_chunk = None
+        while victim_chunk is None and time.monotonic() < deadline:
+            row = db.execute(
+                "SELECT chunk_no FROM ferry.chunks WHERE run_id = %s AND status = 'running' "
+                "AND worker LIKE 'victim@%%' AND chunk_no >= 4",
+                (run_id,),
+            ).fetchone()
+            victim_chunk = row[0] if row else None
+            time.sleep(0.02)
+        assert victim_chunk is not None, "the victim never took a chunk"
+        pool.kill("victim")  # mid-chunk: its transform sleeps 0.3 s inside the transaction
+        killed_at = time.monotonic()
+        assert wait_run(db, run_id, timeout=120) == "completed"
+        assert time.monotonic() - killed_at < 60
+        assert fingerprint(db, "killme") == expected
+        dup = db.execute(
+            f"SELECT count(*) - count(DISTINCT id) FROM ferry.backup_{run_id}"
+        ).fetchone()
+        assert dup == (0,)
+        counts = db.execute(
+            "SELECT sum(rows_read), max(attempts) FROM ferry.chunks WHERE run_id = %s", (run_id,)
+        ).fetchone()
+        assert counts is not None and counts[0] == 30_000
+        rerun = db.execute(
+            "SELECT status, attempts, worker FROM ferry.chunks WHERE run_id = %s AND chunk_no = %s",
+            (run_id, victim_chunk),
+        ).fetchone()
+        assert rerun is not None and rerun[0] == "done" and rerun[1] >= 2
+        assert rerun[2].startswith("survivor@")
+    finally:
+        pool.stop_all()

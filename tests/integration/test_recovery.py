@@ -1,0 +1,113 @@
+"""Recovery paths: lock waits retried, Redis flushed mid-run, one chunk rolled back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import ferry
+from tests.helpers import (
+    chunk_counts,
+    fingerprint,
+    launch,
+    make_numbers_table,
+    prepare_reference,
+    slow_spec,
+    wait_run,
+)
+
+pytestmark = pytest.mark.usefixtures("workers")
+
+
+def test_row_lock_held_by_the_application_is_waited_out(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    """A chunk never blocks behind an application lock: it times out (500 ms) and retries."""
+    make_numbers_table(db, "locked", 2_000)
+    path = slow_spec(tmp_path, "locked", 500, 0)
+    app = psycopg.connect(database_url)
+    app.execute("SELECT * FROM locked WHERE id = 1600 FOR UPDATE")  # chunk 3 holds this row
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(4)
+        app.rollback()
+        released.set()
+
+    threading.Thread(target=release, daemon=True).start()
+    run_id = launch(env, f"{path}:s")
+    assert wait_run(db, run_id, timeout=90) == "completed"
+    assert released.is_set()
+    app.close()
+    attempts = db.execute(
+        "SELECT attempts FROM ferry.chunks WHERE run_id = %s AND chunk_no = 3", (run_id,)
+    ).fetchone()
+    assert attempts is not None and attempts[0] >= 2
+    events = redis.Redis.from_url(redis_url, decode_responses=True).xrange(
+        f"ferry:run:{run_id}:errors"
+    )
+    kinds = {(e[1]["kind"], e[1]["message"].split()[0]) for e in events}
+    assert ("retry", "55P03") in kinds  # lock_not_available, retried
+    done = db.execute("SELECT count(*) FROM locked WHERE score = a * 3 + b").fetchone()
+    assert done == (2000 - 2000 // 13,)
+
+
+def test_redis_flushed_mid_run(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, redis_url: str
+) -> None:
+    """Redis loses the queue and the counters: status still comes from the ledger,
+    and `ferry resume` finishes the run with every row exactly once."""
+    _, expected = prepare_reference(db, "flushed", 12_000)
+    path = slow_spec(tmp_path, "flushed", 500, 0.25)
+    run_id = launch(env, f"{path}:b")
+    deadline = time.monotonic() + 60
+    while chunk_counts(db, run_id).get("done", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    redis.Redis.from_url(redis_url).flushdb()
+    status = ferry("status", str(run_id), "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    health = json.loads(status.stdout)
+    assert health["chunks"]["total"] == 24 and health["chunks"]["done"] >= 3
+    time.sleep(3)  # in-flight chunks finish; nothing else is queued any more
+    stuck = chunk_counts(db, run_id)
+    assert stuck.get("pending", 0) > 0, stuck
+    resumed = ferry("resume", str(run_id), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert wait_run(db, run_id, timeout=120) == "completed"
+    assert fingerprint(db, "flushed") == expected
+    dup = db.execute(f"SELECT count(*) - count(DISTINCT id) FROM ferry.backup_{run_id}").fetchone()
+    assert dup == (0,)
+
+
+def test_rollback_of_one_chunk(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    make_numbers_table(db, "onechunk", 3_000)
+    before = db.execute("SELECT id, score FROM onechunk ORDER BY id").fetchall()
+    path = slow_spec(tmp_path, "onechunk", 1000, 0)
+    run_id = launch(env, f"{path}:s")
+    assert wait_run(db, run_id) == "completed"
+    proc = ferry("rollback", str(run_id), "--chunk", "1", "--wait", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert chunk_counts(db, run_id) == {"done": 2, "rolled_back": 1}
+    after = db.execute("SELECT id, score FROM onechunk ORDER BY id").fetchall()
+    assert [r for r in after if 1000 < r[0] <= 2000] == [r for r in before if 1000 < r[0] <= 2000]
+    assert all(r[1] is not None for r in after if r[0] <= 1000 and r[0] % 13)
+    again = ferry("rollback", str(run_id), "--chunk", "1", env=env)
+    assert again.returncode == 1 and "not done" in again.stderr
+    audit = db.execute(
+        "SELECT action, actor FROM ferry.audit_log WHERE run_id = %s ORDER BY id", (run_id,)
+    ).fetchall()
+    assert audit == [("launch", "pytest"), ("rollback", "pytest")]
+

@@ -1,0 +1,100 @@
+"""Semaphore and token bucket semantics, on the in-memory limiter (no services)."""
+
+from __future__ import annotations
+
+from workers.throttle import MemoryLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_semaphore_caps_and_leases_expire() -> None:
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    assert lim.acquire("r", "a", 2, 5) and lim.acquire("r", "b", 2, 5)
+    assert not lim.acquire("r", "c", 2, 5)
+    assert lim.acquire("r", "a", 2, 5)  # renewal by the holder
+    lim.release("r", "a")
+    assert lim.acquire("r", "c", 2, 5)
+    assert not lim.acquire("r", "d", 2, 5)
+    clock.now += 6  # a killed holder's slot frees itself
+    assert lim.acquire("r", "d", 2, 5)
+
+
+def test_bucket_rate_over_time() -> None:
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    granted = 0.0
+    for _ in range(2000):  # requests of 500 rows against 1000 rows/s for ~20 s
+        wait = lim.take("r", 500, 1000)
+        if wait == 0:
+            granted += 500
+            clock.now += 0.01
+        else:
+            clock.now += wait
+    elapsed = clock.now - 100.0
+    assert abs(granted / elapsed - 1000) / 1000 < 0.15
+
+
+def test_bucket_admits_chunks_larger_than_the_rate() -> None:
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    assert lim.take("r", 5000, 1000) == 0
+    wait = lim.take("r", 5000, 1000)
+    assert 3.9 < wait <= 4.0
+    clock.now += wait
+    assert lim.take("r", 5000, 1000) == 0
+
+
+def test_health_levels() -> None:
+    from workers.gate import judge_health
+    from workers.limits import Limits
+
+    limits = Limits.from_json({"health": {"lock_waits": [2, 10]}})
+    assert judge_health({"lock_waits": 0}, limits).level == "ok"
+    soft = judge_health({"lock_waits": 3}, limits)
+    assert soft.level == "soft" and "lock_waits 3 >= 2" in soft.reason
+    assert judge_health({"lock_waits": 3, "replica_lag_s": 120}, limits).level == "critical"
+
+
+def test_bad_limits_are_refused() -> None:
+    import pytest
+
+    from migrations.errors import BadInput
+    from workers.limits import Limits
+
+    for bad in (
+        {"max_concurrency": 0},
+        {"rows_per_second": -1},
+        {"chunk_time": 0},
+        {"health": {"nope": [1, 2]}},
+        {"health": {"active": [9, 3]}},
+    ):
+        with pytest.raises(BadInput):
+            Limits.from_json(bad)
+
+
+def test_worker_over_its_memory_limit_declines_chunks() -> None:
+    from workers.gate import Gate
+
+    gate = Gate(db=None, limiter=MemoryLimiter(), lease=5, memory_mb=1)  # type: ignore[arg-type]
+    decision = gate.check(1, spec=None, holder="w:1", rows=10)  # type: ignore[arg-type]
+    assert decision.kind == "wait" and decision.reason == "worker memory limit"
+
+
+def test_memory_progress_store() -> None:
+    from workers.progress import MemoryProgress
+
+    store = MemoryProgress()
+    store.chunk_done(7, {"rows_read": 10, "chunks_done": 1})
+    store.chunk_done(7, {"rows_read": 5, "chunks_done": 1})
+    store.error(7, 3, "retry", "55P03 LockNotAvailable: ***")
+    store.heartbeat("w1", {"worker": "w1", "cpu": 0.5})
+    assert store.counters(7) == {"rows_read": 15, "chunks_done": 2}
+    assert store.recent_errors(7)[0]["chunk"] == "3"
+    assert store.workers() == [{"worker": "w1", "cpu": 0.5}]
