@@ -121,7 +121,7 @@ class ChunkExecutor:
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
         if state["run_status"] != "running":
             # Paused, stopped or rolled back since the claim: hand the chunk back, untouched.
-            conn.execute(q("release_chunk"), {**ids, "error": None})
+            conn.execute(q("release_chunk"), {**ids, "error": None, "info": None})
             conn.commit()
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
         started = time.perf_counter()

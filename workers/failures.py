@@ -29,7 +29,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, psycopg.Error):
         diag = exc.diag
         code = diag.sqlstate or "-----"
-        primary = mask_text(diag.message_primary or type(exc).__name__)
+        # Client-side errors (psycopg's own) carry no diagnostics: their text is ours, not data.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        primary = mask_text(diag.message_primary or first)
         names = [
             f"{label} {value}"
             for label, value in (

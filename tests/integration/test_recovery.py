@@ -111,3 +111,48 @@ def test_rollback_of_one_chunk(
     ).fetchall()
     assert audit == [("launch", "pytest"), ("rollback", "pytest")]
 
+
+def test_chunk_claimed_just_before_a_pause_is_handed_back_untouched(
+    db: psycopg.Connection[Any],
+    own_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run stops between a worker's claim and its transaction: the chunk goes back to pending.
+
+    The interleaving is forced by pausing the run from inside the claim; no worker consumes
+    the test's own queue, so this executor is the only one touching the run.
+    """
+    from workers.db import Database
+    from workers.execution import ChunkExecutor
+    from workers.ledger import Ledger
+    from workers.progress import MemoryProgress
+    from workers.settings import Settings
+
+    make_numbers_table(db, "raced", 300)
+    before = fingerprint(db, "raced")
+    run_id = launch(own_env, f"{slow_spec(tmp_path, 'raced', 100)}:s")
+    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
+        monkeypatch.setenv(name, own_env[name])
+    settings = Settings.from_env()
+    database = Database(settings)
+
+    class PausedAfterClaim(Ledger):
+        def claim(self, *args: Any, **kwargs: Any) -> Any:
+            row = super().claim(*args, **kwargs)
+            ferry("pause", str(run_id), env=own_env, check=True)
+            return row
+
+    executor = ChunkExecutor(
+        database, PausedAfterClaim(database), settings, MemoryProgress(), "pytest:race"
+    )
+    result = executor.apply(run_id, 0)
+    assert result.outcome == "noop"
+    chunk = db.execute(
+        "SELECT status, error, lease_expires_at FROM ferry.chunks"
+        " WHERE run_id = %s AND chunk_no = 0",
+        (run_id,),
+    ).fetchone()
+    assert chunk == ("pending", None, None)
+    assert fingerprint(db, "raced") == before
+    ferry("cancel", str(run_id), env=own_env, check=True)
