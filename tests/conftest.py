@@ -1,8 +1,9 @@
 """Session-wide services for the integration and acceptance rings.
 
-A database of its own per test session (created, then dropped), Redis db 15
-flushed at the start, and a Celery queue of its own, so a session never
-touches anything else on the machine. Services that do not answer skip the
+A database of its own per test session (created, then dropped), a Redis
+database of its own (claimed from 15 down, flushed at the start) and a
+Celery queue of its own, so a session never touches anything else on the
+machine. Services that do not answer skip the
 rings that need them locally, and fail them under CI (CI=true).
 """
 
@@ -25,6 +26,7 @@ from psycopg import sql
 
 SERVER = os.environ.get("FERRY_TEST_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("FERRY_TEST_REDIS", "redis://127.0.0.1:6379/15")
+SESSION_CLAIM = "ferry-test:session"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,14 +54,28 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable("Redis", exc)
-    client.flushdb()
-    return REDIS
+def redis_url() -> Iterator[str]:
+    """A Redis database of the session's own, claimed with a key so parallel sessions never share.
+
+    Run ids restart at 1 in every session's database, and Redis keys are named by run id, so two
+    sessions on one Redis database would read each other's progress and throttle state.
+    """
+    base = REDIS.rsplit("/", 1)[0]
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{base}/{number}", socket_connect_timeout=3)
+        try:
+            claimed = client.set(SESSION_CLAIM, token, nx=True, ex=6 * 3600)
+        except redis.RedisError as exc:
+            _unavailable("Redis", exc)
+        if claimed:
+            client.flushdb()
+            client.set(SESSION_CLAIM, token, ex=6 * 3600)
+            yield f"{base}/{number}"
+            if client.get(SESSION_CLAIM) == token.encode():
+                client.delete(SESSION_CLAIM)
+            return
+    pytest.fail("every Redis database 1-15 is claimed by another test session")
 
 
 @pytest.fixture(scope="session")
