@@ -151,6 +151,13 @@ def plan(
     type=click.FloatRange(min=0, min_open=True),
     help="Row budget shared by all workers (default: none).",
 )
+@click.option(
+    "--chunk-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Target seconds per chunk transaction; chunks are cut to fit (chunk size is the cap).",
+)
 @click.option("--force", is_flag=True, help="Launch even if the capacity check fails.")
 @click.pass_obj
 @_guarded
@@ -164,10 +171,13 @@ def launch(
     catch_up: int | None,
     max_concurrency: int,
     rows_per_second: float | None,
+    chunk_time: float,
     force: bool,
 ) -> None:
     """Plan a run and send one Celery task per chunk."""
-    limits = Limits(max_concurrency=max_concurrency, rows_per_second=rows_per_second).checked()
+    limits = Limits(
+        max_concurrency=max_concurrency, rows_per_second=rows_per_second, chunk_time=chunk_time
+    ).checked()
     with _context(obj) as ctx:
         result = commands.launch(
             ctx,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,27 +27,39 @@ from migrations.errors import (
     TransientChunkError,
 )
 from workers.db import Database
-from workers.failures import RuleFailure, classify
+from workers.failures import RuleFailure, classify, describe
 from workers.ledger import Ledger, q
 from workers.model import ChunkResult
 from workers.progress import ProgressStore
 from workers.settings import Settings
+from workers.sizing import Sizing
 from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange
 
 log = logging.getLogger("ferry.chunk")
 Conn = psycopg.Connection[Any]
+# statement_timeout (or an operator's cancel): the chunk is too big for its time budget.
+QUERY_CANCELED = "57014"
+# Sends the task of a chunk cut off another: (run, chunk, the run's queue).
+Spawn = Callable[[int, int, str | None], None]
 
 
 class ChunkExecutor:
     def __init__(
-        self, db: Database, ledger: Ledger, settings: Settings, progress: ProgressStore, worker: str
+        self,
+        db: Database,
+        ledger: Ledger,
+        settings: Settings,
+        progress: ProgressStore,
+        worker: str,
+        spawn: Spawn | None = None,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.settings = settings
         self.progress = progress
         self.worker = worker
+        self.spawn = spawn  # None: a cut-off chunk waits for the sweeper to send it
         self._contexts: OrderedDict[int, RunContext] = OrderedDict()
 
     def context(self, run_id: int) -> RunContext:
@@ -70,16 +82,24 @@ class ChunkExecutor:
         if attempt > self.settings.max_attempts:
             raise PermanentChunkError(f"gave up after {attempt - 1} attempts")
         ctx = self.context(run_id)
-        keys = tuple(claim["retry_keys"]) if claim["retry_keys"] is not None else None
-        key_range = KeyRange(claim["lo"], claim["hi"], keys)
+        sizing = Sizing(ceiling=ctx.spec.chunk_size, chunk_time=float(claim["chunk_time"]))
+        planned: int | None = claim["planned_rows"]
+        rerun = claim["retry_keys"] is not None
+        if not rerun:
+            keep = sizing.cut(planned, claim["target_rows"])
+            if keep is not None and self._split(ctx, chunk_no, keep, planned or sizing.ceiling):
+                planned = keep
         with self.db.connect() as conn:
             try:
-                result = self._apply_in_transaction(conn, ctx, chunk_no, key_range)
+                result = self._apply_in_transaction(conn, ctx, chunk_no)
             except BaseException as exc:
                 conn.rollback()
-                if isinstance(exc, FerryError | psycopg.Error):
-                    raise _last_try(classify(exc), attempt, self.settings.max_attempts) from exc
-                raise
+                if not isinstance(exc, FerryError | psycopg.Error):
+                    raise
+                err = classify(exc)
+                if err.sqlstate == QUERY_CANCELED and not rerun:
+                    self._halve(ctx, chunk_no, sizing, planned, claim["target_rows"])
+                raise _last_try(err, attempt, self.settings.max_attempts) from exc
         if result.outcome == "done":
             self.progress.chunk_done(
                 run_id,
@@ -90,7 +110,91 @@ class ChunkExecutor:
                     "rows_quarantined": result.rows_quarantined,
                 },
             )
+            if not rerun:
+                target = sizing.next_target(
+                    claim["target_rows"], result.rows_read, result.duration_ms / 1000
+                )
+                self._set_target(run_id, claim["target_rows"], target)
         return replace(result, attempt=attempt)
+
+    # -- sizing ----------------------------------------------------------------------------
+    def _split(self, ctx: RunContext, chunk_no: int, keep: int, planned: int) -> int | None:
+        """Cut the claimed chunk after its first ``keep`` rows; the rest becomes a new chunk.
+
+        Best effort in a short transaction of its own: if anything is in the way (a lock, the
+        run stopping, no rows past the cut) the chunk simply runs whole.
+        """
+        ids = {"run_id": ctx.run_id, "chunk_no": chunk_no}
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{self.settings.lock_timeout_ms}ms",),
+                )
+                row = conn.execute(q("lock_for_split"), ids).fetchone()
+                if row is None or row["status"] != "running" or row["retry_keys"] is not None:
+                    return None
+                point = conn.execute(
+                    ctx.statements.split_point(KeyRange(row["lo"], row["hi"]), keep)
+                ).fetchone()
+                if point is None or point["b"] is None:
+                    return None
+                born = conn.execute(
+                    q("split_chunk"),
+                    {
+                        **ids,
+                        "mid": point["b"],
+                        "hi": row["hi"],
+                        "keep": keep,
+                        "rest": max(planned - keep, 1),
+                    },
+                ).fetchone()
+        except psycopg.Error as exc:
+            log.info("chunk %s/%s not split: %s", ctx.run_id, chunk_no, describe(exc))
+            return None
+        if born is None:
+            return None
+        log.info(
+            "chunk %s/%s cut at %s rows; rest is chunk %s",
+            ctx.run_id,
+            chunk_no,
+            keep,
+            born["chunk_no"],
+        )
+        if self.spawn is not None:
+            try:
+                self.spawn(ctx.run_id, int(born["chunk_no"]), born["queue"])
+            except Exception as exc:  # the sweeper re-sends a stalled run's pending chunks
+                log.warning(
+                    "chunk %s/%s not sent: %s", ctx.run_id, born["chunk_no"], type(exc).__name__
+                )
+        return int(born["chunk_no"])
+
+    def _halve(
+        self,
+        ctx: RunContext,
+        chunk_no: int,
+        sizing: Sizing,
+        planned: int | None,
+        target: int | None,
+    ) -> None:
+        """A chunk that hit statement_timeout is cut in half and the run's target with it."""
+        size = planned or sizing.ceiling
+        keep = sizing.halve(size)
+        if keep is None:
+            return
+        self._split(ctx, chunk_no, keep, size)
+        self._set_target(ctx.run_id, target, min(keep, target or keep))
+
+    def _set_target(self, run_id: int, current: int | None, target: int | None) -> None:
+        if target is None or target == current:
+            return
+        try:
+            with self.db.transaction() as conn:
+                conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute(q("set_target_rows"), {"run_id": run_id, "target": target})
+        except psycopg.Error as exc:  # a lost estimate only means the next chunk re-measures
+            log.info("run %s target not saved: %s", run_id, describe(exc))
 
     def _begin(self, conn: Conn) -> None:
         conn.rollback()
@@ -109,9 +213,7 @@ class ChunkExecutor:
             ),
         )
 
-    def _apply_in_transaction(
-        self, conn: Conn, ctx: RunContext, chunk_no: int, key_range: KeyRange
-    ) -> ChunkResult:
+    def _apply_in_transaction(self, conn: Conn, ctx: RunContext, chunk_no: int) -> ChunkResult:
         run_id = ctx.run_id
         ids = {"run_id": run_id, "chunk_no": chunk_no}
         self._begin(conn)
@@ -124,6 +226,8 @@ class ChunkExecutor:
             conn.execute(q("release_chunk"), {**ids, "error": None, "info": None})
             conn.commit()
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
+        keys = tuple(state["retry_keys"]) if state["retry_keys"] is not None else None
+        key_range = KeyRange(state["lo"], state["hi"], keys)
         started = time.perf_counter()
         cleared = 0
         if key_range.keys is not None:  # a re-run of quarantined rows: judge them afresh

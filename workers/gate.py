@@ -78,6 +78,7 @@ class Gate:
         self.lease = lease
         self.clock = clock
         self._control: dict[int, tuple[float, str, Limits]] = {}
+        self._targets: dict[int, int] = {}
         self._health: dict[str, tuple[float, Health]] = {}
 
     def control(self, run_id: int) -> tuple[str, Limits]:
@@ -89,6 +90,8 @@ class Gate:
         status = row["status"] if row else "missing"
         limits = Limits.from_json(row["limits"] if row else None)
         self._control[run_id] = (self.clock(), status, limits)
+        if row and row["target_rows"]:
+            self._targets[run_id] = int(row["target_rows"])
         return status, limits
 
     def health(self, spec: RunSpec, limits: Limits) -> Health:
@@ -129,6 +132,8 @@ class Gate:
             if not self.limiter.acquire(f"run:{run_id}", holder, cap, self.lease):
                 return Decision("wait", _jitter(limits.chunk_time), "concurrency")
             if limits.rows_per_second:
+                # Chunks are cut to the run's target size: charge what a chunk now holds.
+                rows = min(rows, self._targets.get(run_id, rows))
                 wait = self.limiter.take(f"run:{run_id}", rows, limits.rows_per_second)
                 if wait > 0:
                     self.limiter.release(f"run:{run_id}", holder)

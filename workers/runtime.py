@@ -52,7 +52,7 @@ def runtime(hostname: str | None = None) -> Runtime:
             db=db,
             ledger=ledger,
             progress=progress,
-            executor=ChunkExecutor(db, ledger, settings, progress, name),
+            executor=ChunkExecutor(db, ledger, settings, progress, name, spawn=_send_chunk),
             gate=Gate(
                 db,
                 RedisLimiter(progress.client),
@@ -64,6 +64,11 @@ def runtime(hostname: str | None = None) -> Runtime:
         _RUNTIMES.clear()
         _RUNTIMES[pid] = rt
     return rt
+
+
+def _send_chunk(run_id: int, chunk_no: int, queue: str | None) -> None:
+    """Send the task of a chunk a worker cut off the one it claimed, to the run's queue."""
+    dispatcher(runtime()).send_chunks(run_id, [chunk_no], queue=queue)
 
 
 def dispatcher(rt: Runtime) -> Dispatcher:

@@ -94,6 +94,20 @@ class Statements:
             "ORDER BY t.{k} OFFSET {skip} LIMIT 1) AS s"
         ).format(k=self.key, t=self.table, above=above, w=self.where, skip=sql.Literal(int(skip)))
 
+    def split_point(self, r: KeyRange, keep: int) -> sql.Composed:
+        """The key that ends the first ``keep`` rows of a chunk, if rows remain after it."""
+        return sql.SQL(
+            "SELECT s.b::text AS b FROM (SELECT t.{k} AS b FROM {t} AS t WHERE {r} "
+            "AND t.{k} < CAST({hi} AS {kt}) ORDER BY t.{k} OFFSET {skip} LIMIT 1) AS s"
+        ).format(
+            k=self.key,
+            t=self.table,
+            r=self.in_range(r),
+            hi=sql.Literal(r.hi),
+            kt=self.key_type,
+            skip=sql.Literal(max(int(keep) - 1, 0)),
+        )
+
     def last_key(self) -> sql.Composed:
         return sql.SQL(
             "SELECT t.{k}::text AS b FROM {t} AS t WHERE {w} ORDER BY t.{k} DESC LIMIT 1"

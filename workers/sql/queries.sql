@@ -30,17 +30,54 @@ UPDATE ferry.chunks c
   FROM ferry.runs r
  WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s AND r.id = c.run_id
    AND c.status IN ('pending', 'running') AND r.status = 'running'
-RETURNING c.attempts, c.lo, c.hi, c.retry_keys;
+RETURNING c.attempts, c.lo, c.hi, c.retry_keys, c.planned_rows, r.target_rows,
+          coalesce((r.params->'limits'->>'chunk_time')::float8, 0.5) AS chunk_time;
 
 -- name: lock_chunk
 -- Only the chunk's row is locked: commands that change the run's status never wait behind
 -- a stream of chunk transactions (row share locks would starve them). Those that must see
 -- in-flight chunks settle (cancel, rollback) update the chunk rows, which waits for exactly
 -- the transactions still holding them.
-SELECT c.status, r.status AS run_status
+-- The range is read here, under the lock, not taken from the claim: a chunk may have been cut
+-- (see split_chunk) between another delivery's claim and this transaction.
+SELECT c.status, r.status AS run_status, c.lo, c.hi, c.retry_keys
   FROM ferry.chunks c JOIN ferry.runs r ON r.id = c.run_id
  WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s
    FOR NO KEY UPDATE OF c;
+
+-- name: lock_for_split
+-- Splits of one run are serialised (they number new chunks from the run's highest); the lock
+-- is held only for the split's own short transaction.
+SELECT pg_advisory_xact_lock(hashtext('ferry.split'), %(run_id)s::integer) AS locked,
+       c.status, c.lo, c.hi, c.retry_keys
+  FROM ferry.chunks c JOIN ferry.runs r ON r.id = c.run_id
+ WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s AND r.status = 'running'
+   FOR NO KEY UPDATE OF c;
+
+-- name: split_chunk
+-- Cut chunk (lo, hi] at mid: it keeps (lo, mid], a new pending chunk gets (mid, hi].
+WITH cut AS (
+    UPDATE ferry.chunks
+       SET hi = %(mid)s, planned_rows = %(keep)s
+     WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND hi = %(hi)s
+    RETURNING run_id
+), born AS (
+    INSERT INTO ferry.chunks (run_id, chunk_no, lo, hi, planned_rows, split_from)
+    SELECT %(run_id)s, (SELECT max(chunk_no) + 1 FROM ferry.chunks WHERE run_id = %(run_id)s),
+           %(mid)s, %(hi)s, %(rest)s, %(chunk_no)s
+      FROM cut
+    RETURNING chunk_no
+), counted AS (
+    UPDATE ferry.runs SET total_chunks = total_chunks + 1
+     WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM born)
+    RETURNING params->>'queue' AS queue
+)
+SELECT born.chunk_no, counted.queue FROM born, counted;
+
+-- name: set_target_rows
+-- Last writer wins: each worker's estimate is a smoothed measurement of the same run.
+UPDATE ferry.runs SET target_rows = %(target)s
+ WHERE id = %(run_id)s AND target_rows IS DISTINCT FROM %(target)s;
 
 -- name: finish_chunk
 -- A re-run of quarantined rows (rerun) adds to the chunk's counts instead of replacing them.
@@ -250,7 +287,7 @@ SELECT r.id, r.params->>'queue' AS queue
                          > clock_timestamp() - make_interval(secs => %(stall)s));
 
 -- name: run_control
-SELECT status, params->'limits' AS limits FROM ferry.runs WHERE id = %(run_id)s;
+SELECT status, params->'limits' AS limits, target_rows FROM ferry.runs WHERE id = %(run_id)s;
 
 -- name: db_health
 SELECT (SELECT count(*) FROM pg_stat_activity
