@@ -96,14 +96,23 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--roles",
+    is_flag=True,
+    help="Also create the group roles ferry_coordinator, ferry_worker, ferry_monitor, "
+    "ferry_unmask and grant them on the ledger (see README, Security).",
+)
 @click.pass_obj
 @_guarded
-def init(obj: dict[str, Any]) -> None:
+def init(obj: dict[str, Any], roles: bool) -> None:
     """Create or upgrade the ledger (schema ferry)."""
     with _context(obj) as ctx:
-        result = commands.init(ctx)
+        result = commands.init(ctx, roles=roles)
     applied = ", ".join(map(str, result["applied"])) or "none (up to date)"
     click.echo(f"ledger at version {result['version']}; applied: {applied}")
+    if result["roles"] is not None:
+        created = ", ".join(result["roles"]["created"]) or "none (all existed)"
+        click.echo(f"roles granted: {', '.join(result['roles']['roles'])}; created: {created}")
 
 
 def _plan_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -416,3 +425,13 @@ def _register_demo() -> None:
 
 
 _register_demo()
+
+
+def _register_security() -> None:
+    from coordinator.security_cli import audit, purge
+
+    main.add_command(audit)
+    main.add_command(purge)
+
+
+_register_security()

@@ -18,7 +18,9 @@ from typing import Any
 import psycopg
 
 from coordinator.planner import PostgresKeys, plan_bounds
+from coordinator.purge import check_not_purged
 from coordinator.resolve import resolve
+from coordinator.roles import create_roles
 from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
 from workers.catalog import average_row_bytes, data_directory, sample_size_bytes
@@ -69,11 +71,20 @@ class Context:
 
 
 # -- init ----------------------------------------------------------------------------------
-def init(ctx: Context) -> dict[str, Any]:
+def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
+    """Create or upgrade the ledger; with ``roles``, also the least-privilege group roles."""
     applied = ctx.ledger.init()
+    made: dict[str, Any] | None = None
     with ctx.db.transaction() as conn:
-        ctx.ledger.audit(conn, actor=ctx.settings.actor, action="init", params={"applied": applied})
-    return {"applied": applied, "version": ctx.ledger.version()}
+        if roles:
+            made = create_roles(conn)
+        ctx.ledger.audit(
+            conn,
+            actor=ctx.settings.actor,
+            action="init",
+            params={"applied": applied, "roles": made},
+        )
+    return {"applied": applied, "version": ctx.ledger.version(), "roles": made}
 
 
 # -- plan and launch -------------------------------------------------------------------------
@@ -379,6 +390,7 @@ def rollback(
         run = ctx.ledger.get_run(run_id, conn)
         if run.status in ("rolled_back", "planning"):
             raise CheckFailed(f"run {run_id} is {run.status}; nothing to roll back")
+        check_not_purged(conn, run_id)
         if not force:
             later = conn.execute(
                 q("later_overlapping_runs"),

@@ -7,10 +7,18 @@ and then quoted by psycopg's ``sql.Identifier`` where statements are built.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from migrations.errors import IdentifierError
+from pglast import parser
+
+from migrations.errors import BadInput, IdentifierError
+
+
+class ExpressionError(BadInput):
+    """A --where filter, rule condition or sql expression is not one plain SQL expression."""
+
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
@@ -47,3 +55,88 @@ class QualifiedName:
 
     def __str__(self) -> str:
         return ".".join(self.parts)
+
+
+# -- SQL expressions ---------------------------------------------------------------------------
+# ``--where`` filters, custom rule conditions, fixes and ``sql=`` expressions are SQL on
+# purpose, and are composed into statements inside parentheses. Each must therefore be
+# exactly one expression: parsed alone (pglast, PostgreSQL's own parser) it must be a bare
+# ``SELECT <expr>`` with nothing else, so it cannot stack a statement, close the
+# parenthesis it is put in, or comment out the rest. Functions with side effects (sleeps,
+# locks, settings, files, large objects, sequences, signals, queries run from strings)
+# are refused by name: a condition that claims to test rows must only test them.
+
+_SIDE_EFFECTS = re.compile(
+    r"pg_sleep\w*|set_config|pg_(try_)?advisory_\w+|lo_\w+|lo(read|write|open|close|creat)"
+    r"|pg_(terminate|cancel)_backend|pg_reload_conf|pg_rotate_logfile\w*|pg_switch_wal"
+    r"|pg_promote|pg_(create|drop|copy)_\w+|pg_replication_\w+|pg_logical_\w+"
+    r"|pg_stat_reset\w*|pg_read_\w+|pg_ls_\w+|pg_stat_file|pg_file_\w+|pg_notify"
+    r"|nextval|setval|dblink\w*|\w+_to_xml\w*|query_to_xmlschema|pg_import_system_collations"
+    r"|pg_(start|stop)_backup|pg_backup_\w+|pg_wal_replay_\w+|pg_log_backend_memory_contexts"
+    r"|txid_current\w*|pg_current_xact_id\w*|pg_export_snapshot|pg_prewarm"
+    r"|pg_(signal|reload)\w*|current_setting_set",
+    re.IGNORECASE,
+)
+_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "LockingClause"})
+_BARE_SELECT = frozenset({"targetList", "limitOption", "op"})
+_MAX_EXPRESSION = 16_000_000  # a catch-up filter lists up to 100,000 keys
+
+
+def check_expression(
+    text: str, what: str = "SQL expression", *, side_effects_ok: bool = False
+) -> str:
+    """Return ``text`` if it is one SQL expression (with no side effects unless allowed).
+
+    ``side_effects_ok`` is for ``sql=`` expressions: they compute the new values and may
+    call whatever function the user chose (a sequence, an extension's); they must still be
+    exactly one expression.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError(f"{what} must be a non-empty string")
+    if "\x00" in text or len(text) > _MAX_EXPRESSION:
+        raise ExpressionError(f"{what} holds a NUL byte or is too long")
+    try:
+        tree = json.loads(parser.parse_sql_json(f"SELECT {text}"))
+        tokens = parser.scan(text)
+    except Exception:  # pglast raises ParseError, and ValueError/UnicodeError on odd input
+        raise ExpressionError(f"{what} is not one SQL expression (it does not parse)") from None
+    for token in tokens:
+        if token.name in ("SQL_COMMENT", "C_COMMENT", "ASCII_59"):
+            raise ExpressionError(f"{what} may not contain comments or ';'")
+        literal = text[token.start : token.end + 1]
+        if token.name == "SCONST" and literal.startswith("'") and "\\" in literal:
+            # Read differently with standard_conforming_strings off: refuse the ambiguity.
+            raise ExpressionError(f"{what}: write backslashes in E'...' strings (doubled)")
+    statements = tree.get("stmts", [])
+    select = statements[0]["stmt"].get("SelectStmt") if len(statements) == 1 else None
+    if (
+        select is None
+        or set(select) - _BARE_SELECT
+        or select.get("op") != "SETOP_NONE"
+        or len(select.get("targetList", [])) != 1
+        or "name" in select["targetList"][0]["ResTarget"]
+    ):
+        raise ExpressionError(f"{what} is not exactly one SQL expression")
+    _refuse_side_effects(select["targetList"][0], what, side_effects_ok)
+    return text
+
+
+def _refuse_side_effects(tree: object, what: str, functions_ok: bool) -> None:
+    """Walk the parse tree (iteratively: a deeply nested expression must not overflow)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in _WRITES:
+                raise ExpressionError(f"{what} may not write or lock rows")
+            if key == "FuncCall" and not functions_ok:
+                name = value["funcname"][-1]["String"]["sval"]
+                if _SIDE_EFFECTS.fullmatch(name):
+                    shown = name if len(name) <= 63 else "<name>"
+                    raise ExpressionError(f"{what} calls {shown}(), which has side effects")
+            stack.append(value)

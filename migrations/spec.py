@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from migrations.errors import SpecError
-from migrations.identifiers import QualifiedName, check_name
+from migrations.identifiers import QualifiedName, check_expression, check_name
 
 RuleType = Literal["format", "range", "reference", "custom"]
 Severity = Literal["warning", "error"]
@@ -68,6 +68,10 @@ class ValidationRule:
             raise SpecError(f"rule action must be one of {', '.join(ACTIONS)}")
         if not isinstance(self.condition, str) or not self.condition.strip():
             raise SpecError(f"rule on {self.field!r} needs a condition")
+        if self.type == "custom" and not self.is_python:
+            check_expression(self.condition, f"custom rule on {self.field!r}")
+        if self.fix is not None:
+            check_expression(self.fix, f"fix of the rule on {self.field!r}")
         if self.type == "range" and ".." not in self.condition:
             raise SpecError(f"range rule on {self.field!r} needs 'lo..hi'")
         if self.type == "reference":
@@ -150,6 +154,10 @@ class Backfill:
                 raise SpecError("sql must give one expression for each written column")
             if any(not isinstance(e, str) or not e.strip() for e in self.sql.values()):
                 raise SpecError("every sql expression must be a non-empty string")
+            for column, expression in self.sql.items():
+                check_expression(expression, f"sql expression for {column}", side_effects_ok=True)
+        if self.where is not None:
+            check_expression(self.where, "where filter")
         if self.transform is not None and not callable(self.transform):
             raise SpecError("transform must be a callable DataFrame -> DataFrame")
         if not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size <= 10_000_000:

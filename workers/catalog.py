@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.errors import BadInput
-from migrations.identifiers import QualifiedName
+from migrations.identifiers import QualifiedName, check_expression
 
 _TYPE_TEXT = re.compile(r'[A-Za-z0-9_ ,()\[\]".]+')
 
@@ -144,7 +144,12 @@ def assignable(conn: psycopg.Connection[Any], source_oid: int, target: str) -> b
 
 
 def check_where(conn: psycopg.Connection[Any], name: QualifiedName, where: str) -> None:
-    """Parse and plan the filter once (no rows read), so a typo fails before a run exists."""
+    """Parse and plan the filter once (no rows read), so a typo fails before a run exists.
+
+    It is first checked to be one expression: executed as text, a stacked statement
+    (``TRUE); DROP TABLE t; SELECT (1``) would otherwise run right here.
+    """
+    check_expression(where, "--where filter")
     conn.execute(
         sql.SQL("SELECT 1 FROM {t} AS t WHERE FALSE AND ({w})").format(
             t=sql.Identifier(*name.parts),
