@@ -227,15 +227,28 @@ def launch(
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print MigrationHealth as JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every 2 seconds until the run ends.")
+@click.option(
+    "--alert-webhook",
+    "webhook_url",
+    envvar="FERRY_ALERT_WEBHOOK",
+    show_envvar=True,
+    metavar="URL",
+    help="POST each new alert once as JSON to URL (user:password@ in it becomes Basic auth).",
+)
 @click.pass_obj
 @_guarded
-def status(obj: dict[str, Any], run_id: int, as_json: bool, watch: bool) -> None:
+def status(
+    obj: dict[str, Any], run_id: int, as_json: bool, watch: bool, webhook_url: str | None
+) -> None:
     """Progress, throughput, ETA, errors and health of a run."""
     import time
 
-    with _context(obj) as ctx:
+    from coordinator import webhook
+
+    with _context(obj) as ctx, webhook.for_url(webhook_url) as alerts:
         while True:
             h = health.health(ctx, run_id)
+            alerts.notify(h)
             if as_json:
                 click.echo(json.dumps(h, default=str))
             else:
@@ -435,3 +448,36 @@ def _register_security() -> None:
 
 
 _register_security()
+
+
+def _register_report() -> None:
+    from coordinator import report as run_report
+
+    @main.command(name="report")
+    @click.argument("run_id", type=int)
+    @click.option(
+        "--html",
+        "html_to",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write a self-contained HTML page (inline SVG charts, viewable offline).",
+    )
+    @click.option(
+        "--md", "md_to", type=click.Path(dir_okay=False, path_type=Path), help="Write Markdown."
+    )
+    @click.pass_obj
+    @_guarded
+    def report_cmd(
+        obj: dict[str, Any], run_id: int, html_to: Path | None, md_to: Path | None
+    ) -> None:
+        """Document one run for an audit: spec, rules, timeline, charts, quarantine, proofs."""
+        if html_to is None and md_to is None:
+            _fail("give --html FILE, --md FILE or both", 2)
+        with _context(obj) as ctx:
+            data = run_report.collect(ctx, run_id)
+        for path, text in ((html_to, run_report.to_html), (md_to, run_report.to_markdown)):
+            if path is not None:
+                path.write_text(text(data), encoding="utf-8")
+                click.echo(f"run {run_id}: report written to {path}")
+
+
+_register_report()
