@@ -481,3 +481,12 @@ def _register_report() -> None:
 
 
 _register_report()
+
+
+def _register_schema() -> None:
+    from coordinator.schema_cli import schema
+
+    main.add_command(schema)
+
+
+_register_schema()
