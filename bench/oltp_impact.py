@@ -1,12 +1,13 @@
 """What a backfill costs the application: OLTP latency alone, under one UPDATE, under Ferry.
 
-    python bench/oltp_impact.py [--rows 1000000] [--window 10]
+    python bench/oltp_impact.py [--rows 1000000] [--window 10] [--db-load 1 --db-load 0 ...]
 
 A pgbench-style load (4 client processes, each a point UPDATE then a point SELECT by random
 key, autocommit) runs alone, then while one whole-table UPDATE rewrites the table, then while
-Ferry backfills the same column with 2 worker processes and its default limits. Each prints
+Ferry backfills the same column with 2 worker processes and its default limits (and once
+more for each ``--db-load`` given, 0 meaning no database-load bound). Each prints
 transactions/s and p50/p99/max latency, measured in this one run on the same table.
-Needs the local PostgreSQL and Redis; creates database ferry_oltp, uses Redis db 13.
+Needs the local PostgreSQL and Redis; creates database ferry_oltp, flushes Redis db 2.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB = "ferry_oltp"
 URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
-REDIS = "redis://127.0.0.1:6379/13"
+REDIS = "redis://127.0.0.1:6379/2"
 QUEUE = "ferry-oltp"
 CLIENTS = 4
 EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
@@ -106,15 +107,17 @@ def single_update() -> None:
         conn.execute("UPDATE patients SET weight_kg = " + EXPR)
 
 
-def ferry_backfill(spec: Path) -> Callable[[], None]:
+def ferry_backfill(spec: Path, db_load: float | None = None) -> Callable[[], None]:
     def run() -> None:
         from coordinator import commands
+        from workers.limits import Limits
         from workers.settings import Settings
 
         ctx = commands.Context(
             Settings.from_env({}, database_url=URL, redis_url=REDIS, queue=QUEUE)
         )
-        plan = commands.launch(ctx, f"{spec}:b")
+        limits = Limits() if db_load is None else Limits(db_load=db_load or None)
+        plan = commands.launch(ctx, f"{spec}:b", limits=limits)
         assert plan.run_id is not None
         poll = commands.poller(ctx, plan.run_id)
         while True:
@@ -173,6 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument(
+        "--db-load", type=float, action="append", default=[], help="also run Ferry with this"
+    )
     args = parser.parse_args()
     print(f"building {args.rows:,} rows ...", flush=True)
     setup(args.rows)
@@ -197,6 +203,11 @@ def main() -> None:
     try:
         results["Ferry, default limits"] = measure(args.rows, ferry_backfill(spec))
         print("  Ferry", flush=True)
+        for load in args.db_load:
+            reset()
+            name = f"Ferry, db load {load:g}" if load else "Ferry, no db-load bound"
+            results[name] = measure(args.rows, ferry_backfill(spec, load))
+            print(f"  {name}", flush=True)
     finally:
         for w in workers:
             os.killpg(w.pid, signal.SIGTERM)

@@ -21,7 +21,7 @@ from coordinator import commands, control, health, quarantine, render
 from coordinator import verify as verification
 from migrations.errors import FerryError
 from migrations.masking import mask_text
-from workers.limits import Limits
+from workers.limits import DEFAULT_DB_LOAD, Limits
 from workers.settings import Settings
 
 EPILOG = """\b
@@ -138,6 +138,12 @@ def plan(
         render.plan_table(result.as_dict(), f"plan for {reference} (nothing written)")
 
 
+DB_LOAD_HELP = (
+    "Average database connections the run's chunk transactions may keep busy, across all "
+    "workers (0: no bound)."
+)
+
+
 @main.command()
 @_plan_options
 @click.option("--wait", is_flag=True, help="Follow progress until the run ends.")
@@ -167,6 +173,13 @@ def plan(
     show_default=True,
     help="Target seconds per chunk transaction; chunks are cut to fit (chunk size is the cap).",
 )
+@click.option(
+    "--db-load",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_DB_LOAD,
+    show_default=True,
+    help=DB_LOAD_HELP,
+)
 @click.option("--force", is_flag=True, help="Launch even if the capacity check fails.")
 @click.pass_obj
 @_guarded
@@ -181,11 +194,15 @@ def launch(
     max_concurrency: int,
     rows_per_second: float | None,
     chunk_time: float,
+    db_load: float,
     force: bool,
 ) -> None:
     """Plan a run and send one Celery task per chunk."""
     limits = Limits(
-        max_concurrency=max_concurrency, rows_per_second=rows_per_second, chunk_time=chunk_time
+        max_concurrency=max_concurrency,
+        rows_per_second=rows_per_second,
+        chunk_time=chunk_time,
+        db_load=db_load or None,
     ).checked()
     with _context(obj) as ctx:
         result = commands.launch(
@@ -408,6 +425,7 @@ def cancel(obj: dict[str, Any], run_id: int) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Target seconds per chunk transaction.",
 )
+@click.option("--db-load", type=click.FloatRange(min=0), help=DB_LOAD_HELP)
 @click.pass_obj
 @_guarded
 def throttle(
@@ -416,10 +434,14 @@ def throttle(
     rows_per_second: float | None,
     max_concurrency: int | None,
     chunk_time: float | None,
+    db_load: float | None,
 ) -> None:
     """Change a running run's limits; every worker follows within seconds."""
-    if rows_per_second is None and max_concurrency is None and chunk_time is None:
-        _fail("give at least one of --rows-per-second, --max-concurrency, --chunk-time", 2)
+    if (rows_per_second, max_concurrency, chunk_time, db_load) == (None, None, None, None):
+        _fail(
+            "give at least one of --rows-per-second, --max-concurrency, --chunk-time, --db-load",
+            2,
+        )
     with _context(obj) as ctx:
         result = control.throttle(
             ctx,
@@ -427,6 +449,7 @@ def throttle(
             rows_per_second=rows_per_second,
             max_concurrency=max_concurrency,
             chunk_time=chunk_time,
+            db_load=db_load,
         )
     click.echo(f"run {run_id} limits: {json.dumps(result['limits'])}")
 
@@ -438,16 +461,6 @@ def _register_demo() -> None:
 
 
 _register_demo()
-
-
-def _register_security() -> None:
-    from coordinator.security_cli import audit, purge
-
-    main.add_command(audit)
-    main.add_command(purge)
-
-
-_register_security()
 
 
 def _register_report() -> None:
@@ -481,6 +494,16 @@ def _register_report() -> None:
 
 
 _register_report()
+
+
+def _register_security() -> None:
+    from coordinator.security_cli import audit, purge
+
+    main.add_command(audit)
+    main.add_command(purge)
+
+
+_register_security()
 
 
 def _register_schema() -> None:

@@ -46,7 +46,7 @@ def cancel(ctx: Context, run_id: int) -> dict[str, Any]:
 
 
 def throttle(ctx: Context, run_id: int, **changes: Any) -> dict[str, Any]:
-    """Change a run's limits (max_concurrency, rows_per_second, chunk_time) while it runs."""
+    """Change a run's limits (concurrency, rows/s, chunk time, db load) while it runs."""
     with ctx.db.transaction() as conn:
         run = ctx.ledger.get_run(run_id, conn)
         limits = Limits.from_json(run.params.get("limits")).evolve(**changes)

@@ -1,7 +1,9 @@
 """The gate every chunk passes before it may touch the table.
 
 In order: the run's control state (paused, cancelled, stopped), the database's
-health, a slot of the run's concurrency, rows from its rows/s budget. A task
+health, a slot of the run's concurrency, rows from its rows/s budget, and
+database time (each chunk is charged what its transaction took, so the run
+keeps at most ``db_load`` connections busy on average). A task
 that must wait gives its slot back and is retried with a countdown: it never
 holds a worker process while waiting. Control state and health are cached a
 second or two per worker, so a ``ferry pause`` or ``throttle`` reaches every
@@ -138,15 +140,28 @@ class Gate:
                 if wait > 0:
                     self.limiter.release(f"run:{run_id}", holder)
                     return Decision("wait", wait + _jitter(0.05), "rows per second")
+            if limits.db_load:
+                # In debt from the chunks that just ran: wait until the run's database time
+                # is back under its average load.
+                wait = self.limiter.take(db_time_scope(run_id), 0, limits.db_load)
+                if wait > 0:
+                    self.limiter.release(f"run:{run_id}", holder)
+                    return Decision("wait", wait + _jitter(0.05), "database load")
         except redis.RedisError as exc:
             return Decision("wait", _jitter(2.0), f"limiter unavailable: {type(exc).__name__}")
         if health.level == "soft":
             return Decision("go", reason=f"backing off: {health.reason}")
         return Decision("go")
 
-    def done(self, run_id: int, holder: str) -> None:
+    def done(self, run_id: int, holder: str, seconds: float = 0.0) -> None:
+        """Give the slot back and charge the database time the chunk took."""
         with contextlib.suppress(redis.RedisError):  # else the slot's lease ends it
             self.limiter.release(f"run:{run_id}", holder)
+        cached = self._control.get(run_id)  # as check() just read it: no query here
+        if cached is None or seconds <= 0 or not cached[2].db_load:
+            return
+        with contextlib.suppress(redis.RedisError):  # a lost charge only speeds the run up
+            self.limiter.charge(db_time_scope(run_id), seconds, cached[2].db_load)
 
     def _pause(self, run_id: int, reason: str) -> None:
         with self.db.transaction() as conn:
@@ -162,6 +177,10 @@ class Gate:
                 )
                 log.warning("run %s paused: %s", run_id, reason)
         self._control.pop(run_id, None)
+
+
+def db_time_scope(run_id: int) -> str:
+    return f"run:{run_id}:db-time"
 
 
 def resident_mb() -> float:

@@ -1,6 +1,7 @@
 """A run's limits: what ``ferry throttle`` changes at runtime, stored with the run.
 
 Defaults are deliberately gentle: two chunks in flight, half-second chunks,
+chunk transactions busy half a database connection on average (``db_load``),
 and database-health thresholds past which workers back off (soft) or pause
 the run (critical).
 """
@@ -24,11 +25,17 @@ DEFAULT_HEALTH: dict[str, tuple[float, float]] = {
 }
 
 
+DEFAULT_DB_LOAD = 0.5
+
+
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     max_concurrency: int = 2
     rows_per_second: float | None = None
     chunk_time: float = 0.5
+    # Seconds of chunk transactions per wall-clock second, across all workers of the run: the
+    # average number of database connections the run keeps busy. None: no bound.
+    db_load: float | None = DEFAULT_DB_LOAD
     health: Mapping[str, tuple[float, float]] = field(default_factory=lambda: DEFAULT_HEALTH)
 
     @classmethod
@@ -43,6 +50,7 @@ class Limits:
                 float(data["rows_per_second"]) if data.get("rows_per_second") else None
             ),
             chunk_time=float(data.get("chunk_time", 0.5)),
+            db_load=_optional(data.get("db_load", DEFAULT_DB_LOAD)),
             health=health,
         ).checked()
 
@@ -51,11 +59,16 @@ class Limits:
             "max_concurrency": self.max_concurrency,
             "rows_per_second": self.rows_per_second,
             "chunk_time": self.chunk_time,
+            "db_load": self.db_load or 0,
             "health": {k: list(v) for k, v in self.health.items()},
         }
 
     def evolve(self, **changes: Any) -> Limits:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None}).checked()
+        """These limits with the given ones changed; None keeps one, a db_load of 0 lifts it."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        if kept.get("db_load") == 0:
+            kept["db_load"] = None
+        return replace(self, **kept).checked()
 
     def checked(self) -> Limits:
         if self.max_concurrency < 1:
@@ -64,9 +77,15 @@ class Limits:
             raise BadInput("rows per second must be positive")
         if self.chunk_time <= 0:
             raise BadInput("chunk time must be positive")
+        if self.db_load is not None and self.db_load <= 0:
+            raise BadInput("database load must be positive (0 on the command line: no bound)")
         for name, (soft, critical) in self.health.items():
             if name not in DEFAULT_HEALTH:
                 raise BadInput(f"unknown health metric {name}")
             if soft > critical:
                 raise BadInput(f"health threshold {name}: soft is above critical")
         return self
+
+
+def _optional(value: Any) -> float | None:
+    return float(value) if value else None

@@ -46,8 +46,9 @@ class Sizing:
         if rows <= 0 or seconds <= 0:
             return current
         measured = rows / seconds * self.chunk_time
-        base = self.ceiling if current is None else current
-        smoothed = (1 - SMOOTHING) * base + SMOOTHING * measured
+        if current is None:  # the first measurement is the best guess there is
+            return self.clamp(round(measured))
+        smoothed = (1 - SMOOTHING) * current + SMOOTHING * measured
         return self.clamp(round(smoothed))
 
     def clamp(self, rows: float) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any
 
 from celery import shared_task
@@ -67,6 +68,7 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
             "outcome": decision.kind,
             "reason": decision.reason,
         }
+    started = time.monotonic()
     try:
         result = rt.executor.apply(run_id, chunk_no)
     except TransientChunkError as exc:
@@ -78,7 +80,7 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
         rt.ledger.finalize_run(run_id)
         return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
     finally:
-        rt.gate.done(run_id, holder)
+        rt.gate.done(run_id, holder, time.monotonic() - started)
     if result.outcome == "done":
         rt.ledger.finalize_run(run_id)
     return {

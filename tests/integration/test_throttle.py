@@ -49,7 +49,7 @@ def test_concurrency_cap_holds_across_three_workers(
     for name in ("c0", "c1", "c2"):
         pool.start(name)
     path = slow_spec(tmp_path, "capped", 200, 0.2)
-    run_id = launch(own_env, f"{path}:b", "--max-concurrency", "2")
+    run_id = launch(own_env, f"{path}:b", "--max-concurrency", "2", "--db-load", "0")
     assert wait_run(db, run_id, timeout=120) == "completed"
     intervals = _intervals(db, run_id)
     assert len(intervals) == 30 and _max_overlap(intervals) == 2
@@ -71,12 +71,40 @@ def test_rows_per_second_budget_over_twenty_seconds(
     for name in ("b0", "b1", "b2"):
         pool.start(name)
     path = slow_spec(tmp_path, "budget", 150, 0)
-    run_id = launch(own_env, f"{path}:b", "--rows-per-second", "600", "--max-concurrency", "3")
+    run_id = launch(
+        own_env,
+        f"{path}:b",
+        "--rows-per-second",
+        "600",
+        "--max-concurrency",
+        "3",
+        "--db-load",
+        "0",
+    )
     assert wait_run(db, run_id, timeout=120) == "completed"
     intervals = _intervals(db, run_id)
     span = max(b for _, b in intervals) - min(a for a, _ in intervals)
     rate = 12_000 / span
     assert span > 15 and abs(rate - 600) / 600 <= 0.15, (span, rate)
+
+
+def test_db_load_bounds_the_database_time_of_the_run(
+    db: psycopg.Connection[Any], own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
+) -> None:
+    """Three workers, chunks of ~0.15 s: the run keeps a quarter of a connection busy."""
+    _, expected = prepare_reference(db, "loaded", 4_000)
+    for name in ("l0", "l1", "l2"):
+        pool.start(name)
+    path = slow_spec(tmp_path, "loaded", 200, 0.15)
+    run_id = launch(own_env, f"{path}:b", "--max-concurrency", "3", "--db-load", "0.25")
+    assert wait_run(db, run_id, timeout=120) == "completed"
+    intervals = _intervals(db, run_id)
+    busy = sum(b - a for a, b in intervals)
+    span = max(b for _, b in intervals) - min(a for a, _ in intervals)
+    assert len(intervals) == 20 and busy > 3.0
+    # The budget is filled, not exceeded (the bucket's burst is a quarter of a second).
+    assert 0.15 <= busy / span <= 0.25 * 1.2, (busy, span)
+    assert fingerprint(db, "loaded") == expected
 
 
 def test_killed_workers_slot_frees_within_the_lease(

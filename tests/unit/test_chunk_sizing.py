@@ -8,9 +8,10 @@ from workers.sizing import MIN_ROWS, Sizing
 def test_target_moves_toward_the_rows_that_fill_the_chunk_time() -> None:
     sizing = Sizing(ceiling=10_000, chunk_time=0.5)
     # 10,000 rows in 2 s is 5,000 rows/s: half a second holds 2,500 rows.
-    first = sizing.next_target(None, 10_000, 2.0)
-    assert first == round(0.5 * 10_000 + 0.5 * 2_500)
-    target: int | None = first
+    assert sizing.next_target(None, 10_000, 2.0) == 2_500  # the first measurement is taken
+    # Later ones are smoothed: one slow chunk moves the target halfway, not all the way.
+    assert sizing.next_target(2_500, 1_000, 1.0) == round(0.5 * 2_500 + 0.5 * 500)
+    target: int | None = 1_500
     for _ in range(12):
         target = sizing.next_target(target, 2_500, 0.5)
     assert target is not None and abs(target - 2_500) < 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from workers.throttle import MemoryLimiter
 
 
@@ -98,3 +100,27 @@ def test_memory_progress_store() -> None:
     assert store.counters(7) == {"rows_read": 15, "chunks_done": 2}
     assert store.recent_errors(7)[0]["chunk"] == "3"
     assert store.workers() == [{"worker": "w1", "cpu": 0.5}]
+
+
+def test_a_charge_goes_into_debt_and_makes_the_next_take_wait() -> None:
+    """Database time is known only after a chunk ran: it is charged, then waited off."""
+    now = [0.0]
+    lim = MemoryLimiter(clock=lambda: now[0])
+    assert lim.take("db", 0, 0.5) == 0
+    lim.charge("db", 2.0, 0.5)  # a 2 s chunk against half a second per second
+    lim.charge("db", 1.0, 0.5)  # charged even though already in debt
+    wait = lim.take("db", 0, 0.5)
+    assert wait == pytest.approx(5.0)  # 2.5 s of debt at 0.5/s
+    now[0] += 5.0
+    assert lim.take("db", 0, 0.5) == 0
+
+
+def test_db_load_limits_round_trip_and_lift() -> None:
+    from workers.limits import DEFAULT_DB_LOAD, Limits
+
+    assert Limits.from_json(None).db_load == DEFAULT_DB_LOAD
+    assert Limits.from_json({"db_load": 0}).db_load is None
+    loaded = Limits(db_load=1.5)
+    assert Limits.from_json(loaded.to_json()) == loaded
+    assert loaded.evolve(db_load=0).db_load is None
+    assert loaded.evolve(db_load=None).db_load == 1.5

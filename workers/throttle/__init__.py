@@ -2,7 +2,9 @@
 
 A lease-based semaphore bounds the chunks in flight (a killed worker's slot
 frees itself when its lease ends) and a token bucket bounds rows per second
-(it may go into debt by one chunk, so any chunk size fits any rate). Adding
+(it may go into debt by one chunk, so any chunk size fits any rate); a second
+bucket, charged after each chunk with the seconds its transaction took, bounds
+the database time a run takes (its average load, in busy connections). Adding
 workers only fills the budget, never exceeds it. ``MemoryLimiter`` is the
 in-process twin for unit tests.
 """
@@ -24,6 +26,9 @@ class Limiter(Protocol):
 
     def take(self, scope: str, amount: float, rate: float) -> float:
         """Spend ``amount`` of a ``rate``/s budget: 0 when granted, else seconds to wait."""
+
+    def charge(self, scope: str, amount: float, rate: float) -> None:
+        """Spend ``amount`` already used, into debt if need be (costs known afterwards)."""
 
 
 __all__ = ["Limiter", "MemoryLimiter", "RedisLimiter"]

@@ -25,12 +25,15 @@ class MemoryLimiter:
     def release(self, scope: str, holder: str) -> None:
         self.slots.get(scope, {}).pop(holder, None)
 
-    def take(self, scope: str, amount: float, rate: float) -> float:
+    def take(self, scope: str, amount: float, rate: float, *, force: bool = False) -> float:
         now = self.clock()
         tokens, ts = self.buckets.get(scope, (rate, now))
         tokens = min(rate, tokens + (now - ts) * rate)
-        if tokens < 0:
+        if tokens < 0 and not force:
             self.buckets[scope] = (tokens, now)
             return -tokens / rate
         self.buckets[scope] = (tokens - amount, now)
         return 0.0
+
+    def charge(self, scope: str, amount: float, rate: float) -> None:
+        self.take(scope, amount, rate, force=True)

@@ -3,7 +3,8 @@
 No maintained library fits both needs here (``limits`` pins redis-py < 8, which
 kombu no longer needs; neither offers a leased semaphore), so the scripts are
 ours: a sorted set of holders scored by lease end, and a token bucket kept as
-(tokens, timestamp) that may go into debt by one request.
+(tokens, timestamp) that may go into debt by one request. A charge (what a
+chunk turned out to cost, known only after it ran) always goes into debt.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or rate
 local ts = tonumber(state[2]) or now
 tokens = math.min(rate, tokens + (now - ts) * rate)
-if tokens < 0 then
+if tokens < 0 and ARGV[3] ~= '1' then
   redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
   return tostring(-tokens / rate)
 end
@@ -69,7 +70,10 @@ class RedisLimiter:
         self.client.zrem(slots_key(scope), holder)
 
     def take(self, scope: str, amount: float, rate: float) -> float:
-        return float(self._bucket(keys=[bucket_key(scope)], args=[amount, rate]))
+        return float(self._bucket(keys=[bucket_key(scope)], args=[amount, rate, 0]))
+
+    def charge(self, scope: str, amount: float, rate: float) -> None:
+        self._bucket(keys=[bucket_key(scope)], args=[amount, rate, 1])
 
     def holders(self, scope: str) -> int:
         return int(self.client.zcard(slots_key(scope)))
