@@ -36,6 +36,7 @@ from workers.settings import Settings
 from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange, Statements
 from workers.sweeper import sweep
+from workers.telemetry import launch_span
 
 SAMPLE_ROWS = 200
 
@@ -153,20 +154,24 @@ def launch(
 
     With ``catch_up``, the run covers exactly the rows of that earlier run which the
     application changed after their chunk was applied (see ``ferry verify``).
+    The ``ferry.launch`` span around planning and dispatch is the root of the run's trace.
     """
-    prepared = _prepare(
-        ctx,
-        reference,
-        where=where,
-        chunk_size=chunk_size,
-        commit=True,
-        catch_up=catch_up,
-        limits=limits,
-        force=force,
-    )
-    assert prepared.run_id is not None
-    if prepared.chunks:
-        ctx.dispatcher.send_chunks(prepared.run_id, range(prepared.chunks))
+    with launch_span() as span:
+        prepared = _prepare(
+            ctx,
+            reference,
+            where=where,
+            chunk_size=chunk_size,
+            commit=True,
+            catch_up=catch_up,
+            limits=limits,
+            force=force,
+        )
+        assert prepared.run_id is not None
+        span.set_attribute("ferry.run_id", prepared.run_id)
+        span.set_attribute("ferry.chunks", prepared.chunks)
+        if prepared.chunks:
+            ctx.dispatcher.send_chunks(prepared.run_id, range(prepared.chunks))
     return prepared
 
 

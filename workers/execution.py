@@ -35,6 +35,7 @@ from workers.settings import Settings
 from workers.sizing import Sizing
 from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange
+from workers.telemetry import chunk_span, mark_range, step
 
 log = logging.getLogger("ferry.chunk")
 Conn = psycopg.Connection[Any]
@@ -72,6 +73,13 @@ class ChunkExecutor:
         return ctx
 
     def apply(self, run_id: int, chunk_no: int) -> ChunkResult:
+        """Apply the chunk inside its span, counted by the chunk metrics (workers.telemetry)."""
+        with chunk_span(run_id, chunk_no) as observe:
+            result = self._apply(run_id, chunk_no)
+            observe(result)
+            return result
+
+    def _apply(self, run_id: int, chunk_no: int) -> ChunkResult:
         try:
             claim = self.ledger.claim(run_id, chunk_no, self.worker, self.settings.lease_seconds)
         except psycopg.Error as exc:
@@ -228,6 +236,7 @@ class ChunkExecutor:
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
         keys = tuple(state["retry_keys"]) if state["retry_keys"] is not None else None
         key_range = KeyRange(state["lo"], state["hi"], keys)
+        mark_range(key_range.lo, key_range.hi)
         started = time.perf_counter()
         cleared = 0
         if key_range.keys is not None:  # a re-run of quarantined rows: judge them afresh
@@ -239,10 +248,12 @@ class ChunkExecutor:
             range=key_range,
             mask_key=self.ledger.mask_key(self.settings.mask_key),
         )
-        conn.execute(ctx.statements.lock_rows(key_range))
+        with step("ferry.lock"):
+            conn.execute(ctx.statements.lock_rows(key_range))
         if ctx.transform is not None:
             stage_input(conn, ctx, key_range)
-        counts = conn.execute(ctx.statements.apply(args)).fetchone()
+        with step("ferry.write"):  # on the SQL path this one statement also reads and checks
+            counts = conn.execute(ctx.statements.apply(args)).fetchone()
         assert counts is not None
         if counts["rows_changed"] != counts["rows_written"]:
             # A row appeared in the range after the locks were taken and moved under us.
@@ -254,16 +265,17 @@ class ChunkExecutor:
                 f"with action fail: {rule.error_message}"
             )
         duration_ms = (time.perf_counter() - started) * 1000
-        conn.execute(
-            q("finish_chunk"),
-            {
-                **ids,
-                **_tally(counts, cleared, key_range),
-                "duration_ms": duration_ms,
-                "worker": self.worker,
-            },
-        )
-        conn.commit()
+        with step("ferry.commit"):
+            conn.execute(
+                q("finish_chunk"),
+                {
+                    **ids,
+                    **_tally(counts, cleared, key_range),
+                    "duration_ms": duration_ms,
+                    "worker": self.worker,
+                },
+            )
+            conn.commit()
         return ChunkResult(
             run_id=run_id,
             chunk_no=chunk_no,

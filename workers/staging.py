@@ -22,6 +22,7 @@ from workers.copyio import read_copy, write_copy
 from workers.failures import classify
 from workers.model import RunSpec
 from workers.statements import PYRULE_NAME, KeyRange, Statements
+from workers.telemetry import step
 
 Check = Callable[[pd.DataFrame], pd.Series]
 
@@ -106,14 +107,18 @@ def stage_input(conn: psycopg.Connection[Any], ctx: RunContext, key_range: KeyRa
     spec = ctx.spec
     st = ctx.statements
     buffer = bytearray()
-    with conn.cursor().copy(st.read_copy(key_range)) as copy:
-        for block in copy:
-            buffer += block
-    frame = read_copy(bytes(buffer), st.read_columns(), spec.column_types)
+    with step("ferry.read"):
+        with conn.cursor().copy(st.read_copy(key_range)) as copy:
+            for block in copy:
+                buffer += block
+        frame = read_copy(bytes(buffer), st.read_columns(), spec.column_types)
     assert ctx.transform is not None
-    out = run_transform(ctx.transform, frame, spec.key, spec.writes)
-    out[PYRULE_NAME] = judge(out, ctx.checks)
-    conn.execute(st.create_input())
-    types = {**spec.column_types, PYRULE_NAME: "integer"}
-    with conn.cursor().copy(st.write_copy()) as copy:
-        copy.write(write_copy(out, [spec.key, *spec.writes, PYRULE_NAME], types))
+    with step("ferry.transform"):
+        out = run_transform(ctx.transform, frame, spec.key, spec.writes)
+    with step("ferry.validate"):
+        out[PYRULE_NAME] = judge(out, ctx.checks)
+    with step("ferry.stage"):
+        conn.execute(st.create_input())
+        types = {**spec.column_types, PYRULE_NAME: "integer"}
+        with conn.cursor().copy(st.write_copy()) as copy:
+            copy.write(write_copy(out, [spec.key, *spec.writes, PYRULE_NAME], types))

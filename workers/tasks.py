@@ -14,6 +14,7 @@ from celery import shared_task
 from migrations.errors import PermanentChunkError, TransientChunkError
 from workers.restore import restore_chunk
 from workers.runtime import Runtime, runtime
+from workers.telemetry import chunk_outcome, throttled
 
 log = logging.getLogger("ferry.tasks")
 
@@ -58,6 +59,8 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     spec = rt.executor.context(run_id).spec
     holder = f"{rt.worker}:{chunk_no}"
     decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
+    if decision.kind in ("wait", "defer"):
+        throttled(run_id, decision.kind, decision.reason)
     if decision.kind == "wait":
         raise self.retry(countdown=decision.delay)
     if decision.kind != "go":
@@ -72,8 +75,10 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     try:
         result = rt.executor.apply(run_id, chunk_no)
     except TransientChunkError as exc:
+        chunk_outcome(run_id, "retried")
         raise _transient(self, rt, run_id, chunk_no, exc, release=True) from None
     except PermanentChunkError as exc:
+        chunk_outcome(run_id, "failed")
         rt.ledger.fail(run_id, chunk_no, exc)
         rt.progress.error(run_id, chunk_no, "failed", str(exc))
         log.warning("chunk %s/%s failed: %s", run_id, chunk_no, exc)
@@ -81,6 +86,7 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
         return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
     finally:
         rt.gate.done(run_id, holder, time.monotonic() - started)
+    chunk_outcome(run_id, result.outcome)
     if result.outcome == "done":
         rt.ledger.finalize_run(run_id)
     return {
