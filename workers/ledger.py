@@ -223,6 +223,13 @@ class Ledger:
             rows = conn.execute(q("stalled_runs"), {"stall": stall_seconds}).fetchall()
         return [(r["id"], r["queue"]) for r in rows]
 
+    def settled(self, run_id: int, chunk_no: int) -> bool:
+        """True when the chunk is done, failed, cancelled or rolled back (or never existed)."""
+        with self.db.transaction() as conn:
+            row = conn.execute(q("chunk_settled"), {"run_id": run_id, "chunk_no": chunk_no})
+            found = row.fetchone()
+        return bool(found and found["settled"])
+
     def pending(self, run_id: int) -> list[int]:
         with self.db.transaction() as conn:
             return [r["chunk_no"] for r in conn.execute(q("pending_chunks"), {"run_id": run_id})]

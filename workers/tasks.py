@@ -9,6 +9,7 @@ import random
 import time
 from typing import Any
 
+import psycopg
 from celery import shared_task
 
 from migrations.errors import PermanentChunkError, TransientChunkError
@@ -42,6 +43,13 @@ def _transient(
     return task.retry(countdown=delay)
 
 
+def _settled(rt: Runtime, run_id: int, chunk_no: int) -> bool:
+    try:
+        return rt.ledger.settled(run_id, chunk_no)
+    except psycopg.Error:  # the claim will meet the same database and say what is wrong
+        return False
+
+
 # Results are not stored: the ledger is the outcome, and Flower reads results from events.
 # max_retries=None: Celery's default of 3 would drop a throttled chunk's task; the ledger's
 # attempt count (FERRY_MAX_ATTEMPTS) is what bounds retries of failures.
@@ -58,6 +66,10 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     rt = runtime(self.request.hostname)
     spec = rt.executor.context(run_id).spec
     holder = f"{rt.worker}:{chunk_no}"
+    if _settled(rt, run_id, chunk_no):
+        # A redelivery or duplicate of a finished chunk: no throttle wait, no claim.
+        chunk_outcome(run_id, "noop")
+        return {"run": run_id, "chunk": chunk_no, "outcome": "noop"}
     decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
     if decision.kind in ("wait", "defer"):
         throttled(run_id, decision.kind, decision.reason)

@@ -150,6 +150,13 @@ UPDATE ferry.chunks c
 RETURNING c.run_id, c.chunk_no,
           (SELECT r.params->>'queue' FROM ferry.runs r WHERE r.id = c.run_id) AS queue;
 
+-- name: chunk_settled
+-- A chunk that is no longer pending or running (or does not exist) needs no work.
+SELECT NOT EXISTS (
+    SELECT 1 FROM ferry.chunks
+     WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND status IN ('pending', 'running')
+) AS settled;
+
 -- name: pending_chunks
 SELECT chunk_no FROM ferry.chunks
  WHERE run_id = %(run_id)s AND status = 'pending' ORDER BY chunk_no;
