@@ -1,169 +1,356 @@
-"""``ferry demo``: the whole workflow on a local PostgreSQL and Redis.
+"""``ferry demo``: the whole workflow in one command, on servers started from wheels.
 
-It creates a ``ferry_demo`` database beside the one FERRY_DATABASE_URL names
-(or on 127.0.0.1:5432), fills a messy patients table, starts real Celery
-worker processes, runs one SQL-path and one pandas-path backfill, checks the
-result and rolls one back. Nothing is mocked. (The embedded, serverless
-variant is tracked separately.)
+By default PostgreSQL and Redis run from the ``embedded`` extra's wheels under a
+state folder (``coordinator/embedded.py``); ``--external`` (or ``--database-url``)
+uses running servers instead. Then: a ``ferry_demo`` database with the plan's
+``patients`` full of messy synthetic data, real Celery worker processes, the
+schema expand through the schema runner (the plan's ``20240315_add_patient_vitals``
+plus the demo's own expand adding the typed columns), three backfills built from
+``transforms`` with validation rules, ``verify`` of each run, and a summary.
+Nothing is mocked: the same ledger, tasks and SQL as in production.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 import psycopg
 from psycopg import sql
+from rich.table import Table
+from sqlalchemy.engine import make_url
 
-from coordinator import commands, health, render
+from coordinator import commands, embedded, health, render
+from coordinator import verify as verification
+from coordinator.demo_backfills import BACKFILLS
+from coordinator.demo_data import EXPAND_MIGRATION, build_patients
+from coordinator.demo_state import State
 from migrations.errors import CheckFailed
+from migrations.schema import SchemaRunner, load_directory
 from workers.settings import Settings
 
 DEMO_DB = "ferry_demo"
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+EXAMPLE_MIGRATION = (
+    Path(__file__).resolve().parent.parent / "examples/migrations/20240315_add_patient_vitals.sql"
+)
+SERVERS = ("redis",)  # recorded processes that are servers (PostgreSQL has its own pid file)
 
 
-def _demo_url(base: str | None) -> tuple[str, str]:
-    """(admin URL, demo URL) on the same server as ``base``."""
-    from sqlalchemy.engine import make_url
+@dataclass(frozen=True)
+class Options:
+    rows: int
+    worker_count: int
+    state: Path
+    keep: bool
+    flower: bool
+    external: bool
+    database_url: str | None
+    redis_url: str | None
 
-    url = make_url(base or DEFAULT_SERVER)
+
+def _demo_url(base: str) -> tuple[str, str]:
+    """(admin URL, demo database URL) on the server of ``base``."""
+    url = make_url(base)
     admin = url.set(drivername="postgresql", database="postgres")
     demo = url.set(drivername="postgresql", database=DEMO_DB)
     return (admin.render_as_string(hide_password=False), demo.render_as_string(hide_password=False))
 
 
-def build_data(url: str, rows: int) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS demo CASCADE")
-        conn.execute("DROP SCHEMA IF EXISTS ferry CASCADE")
-        conn.execute("CREATE SCHEMA demo")
-        conn.execute(
-            """CREATE TABLE demo.patients (
-                 id bigint PRIMARY KEY, name text, dob_text text, dob date,
-                 weight_lb text, weight_kg numeric(8,2), updated_at timestamptz DEFAULT now())"""
-        )
-        conn.execute(
-            sql.SQL(
-                """INSERT INTO demo.patients (id, name, dob_text, weight_lb)
-                SELECT g, 'patient ' || g,
-                  CASE g % 5
-                    WHEN 0 THEN to_char(d, 'YYYY-MM-DD') WHEN 1 THEN to_char(d, 'MM/DD/YYYY')
-                    WHEN 2 THEN to_char(d, 'DD.MM.YYYY') WHEN 3 THEN to_char(d, 'YYYYMMDD')
-                    ELSE CASE WHEN g % 97 = 0 THEN 'unknown' ELSE to_char(d, 'YYYY-MM-DD') END
-                  END,
-                  CASE WHEN g % 101 = 0 THEN NULL WHEN g % 211 = 0 THEN '9999 lb'
-                       ELSE (90 + (g * 7919) % 200)::text || CASE g % 3 WHEN 0 THEN ' lbs'
-                            WHEN 1 THEN '' ELSE '.5' END END
-                FROM generate_series(1::bigint, {rows}) AS g,
-                     LATERAL (SELECT date '1930-01-01' + ((g * 104729) % 30000)::integer
-                              AS d) AS x"""
-            ).format(rows=sql.Literal(rows))
-        )
-        conn.execute("ANALYZE demo.patients")
+def _fresh_database(admin: str) -> None:
+    """The demo owns ``ferry_demo``: every demo starts from an empty one."""
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        name = sql.Identifier(DEMO_DB)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
 
 
-def start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    procs = []
+def _start_workers(
+    state: State, count: int, env: dict[str, str], flower_port: int | None
+) -> list[str]:
+    """Celery workers (and Flower) as their own processes, recorded for ``--down``."""
+    started = []
+    celery = [sys.executable, "-m", "celery", "-A", "workers"]
     for i in range(count):
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                    "--loglevel",
-                    "WARNING",
-                    "-n",
-                    f"demo{i}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                env=env,
-                start_new_session=True,
-            )
+        name = f"worker{i}"
+        state.spawn(
+            name,
+            [
+                *celery,
+                "worker",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"demo{i}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                f"--pidfile={state.run_dir / (name + '.celery')}",
+            ],
+            env,
         )
-    return procs
+        started.append(name)
+    if flower_port is not None:
+        state.spawn(
+            "flower",
+            [
+                *celery,
+                "flower",
+                f"--port={flower_port}",
+                "--address=127.0.0.1",
+                f"--basic-auth=ferry:{state.secret('flower')}",
+            ],
+            env,
+        )
+        started.append("flower")
+    return started
 
 
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def _migrations_dir(state: State) -> Path:
+    """The plan's example migration verbatim, then the demo's expand, in a folder of its own."""
+    folder = state.root / "migrations"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    shutil.copy(EXAMPLE_MIGRATION, folder / EXAMPLE_MIGRATION.name)
+    (folder / "20240316_expand_patients.sql").write_text(EXPAND_MIGRATION)
+    return folder
 
 
-def _run(ctx: commands.Context, reference: str) -> dict[str, Any]:
+def _schema_up(ctx: commands.Context, folder: Path) -> list[str]:
+    with ctx.db.connect() as conn:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        runner = SchemaRunner(conn, load_directory(folder), actor=ctx.settings.actor)
+        steps = runner.up()
+    applied = [s.name for s in steps]
+    with ctx.db.transaction() as conn:
+        ctx.ledger.audit(
+            conn, actor=ctx.settings.actor, action="schema_up", params={"applied": applied}
+        )
+    return applied
+
+
+def _backfill(ctx: commands.Context, name: str) -> dict[str, Any]:
+    reference = f"coordinator.demo_backfills:{name}"
     result = commands.launch(ctx, reference)
     assert result.run_id is not None
-    status = render.follow(result.chunks, commands.poller(ctx, result.run_id), reference)
+    status = render.follow(result.chunks, commands.poller(ctx, result.run_id), BACKFILLS[name])
     h = health.health(ctx, result.run_id)
-    render.health_table(h)
-    if status not in ("completed", "completed_with_errors"):
-        raise CheckFailed(f"demo run {result.run_id} ended {status}")
-    return h
+    report = verification.verify(ctx, result.run_id) if status.startswith("completed") else None
+    return {"name": name, "health": h, "verified": None if report is None else report["ok"]}
+
+
+def _summary(results: list[dict[str, Any]], rows: int, seconds: float) -> bool:
+    table = Table(title=f"ferry demo: {rows:,} patients")
+    for column in ("backfill", "run", "status", "rows", "written", "chunks", "quarantined"):
+        table.add_column(column, justify="left" if column in ("backfill", "status") else "right")
+    table.add_column("verify")
+    for r in results:
+        h = r["health"]
+        verified = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "-"}[r["verified"]]
+        table.add_row(
+            r["name"],
+            str(h["run_id"]),
+            h["run_status"],
+            f"{h['rows']['processed']:,}",
+            f"{h['rows']['written']:,}",
+            f"{h['chunks']['done']:,}/{h['chunks']['total']:,}",
+            f"{h['rows']['quarantined']:,}",
+            verified,
+        )
+    render.console.print(table)
+    ok = all(r["verified"] is True for r in results)
+    totals = {
+        "rows": sum(r["health"]["rows"]["processed"] for r in results),
+        "written": sum(r["health"]["rows"]["written"] for r in results),
+        "chunks": sum(r["health"]["chunks"]["done"] for r in results),
+        "quarantined": sum(r["health"]["rows"]["quarantined"] for r in results),
+    }
+    click.echo(  # one unwrapped line that scripts (and the acceptance test) can read
+        f"summary: patients={rows} runs={len(results)} rows={totals['rows']} "
+        f"written={totals['written']} chunks={totals['chunks']} "
+        f"quarantined={totals['quarantined']} verification={'ok' if ok else 'FAILED'} "
+        f"duration={seconds:.1f}s"
+    )
+    return ok
+
+
+def _servers(opts: Options, state: State) -> tuple[str, str, str]:
+    """(admin database URL, Redis URL, queue) of the servers the demo uses."""
+    if opts.external or opts.database_url or opts.redis_url:
+        base = opts.database_url or os.environ.get("FERRY_DATABASE_URL") or DEFAULT_SERVER
+        redis_url = opts.redis_url or Settings.from_env().redis_url
+        shown = [make_url(u).render_as_string(hide_password=True) for u in (base, redis_url)]
+        render.console.print(f"servers: external PostgreSQL {shown[0]}, Redis {shown[1]}")
+        return _demo_url(base)[0], redis_url, "ferry-demo"
+    began = time.monotonic()
+    servers = embedded.up(state)
+    render.console.print(
+        f"servers: PostgreSQL on 127.0.0.1:{servers.postgres_port}, "
+        f"Redis on 127.0.0.1:{servers.redis_port} "
+        f"({'reused' if servers.reused else 'started'} in {time.monotonic() - began:.1f}s, "
+        f"state {state.root})"
+    )
+    return servers.database_url, servers.redis_url, "ferry"
+
+
+def run_demo(opts: Options) -> None:
+    state = State(opts.state)
+    with state.locked():
+        _run_demo(opts, state)
+
+
+def _run_demo(opts: Options, state: State) -> None:
+    embedded_mode = not (opts.external or opts.database_url or opts.redis_url)
+    began = time.monotonic()
+    for name in state.recorded():  # workers of an earlier --keep: replaced by this demo's
+        if name not in SERVERS:
+            state.stop(name)
+    started: list[str] = []
+    keep_up = False
+    ctx: commands.Context | None = None
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        state.prepare()
+        admin, redis_url, queue = _servers(opts, state)
+        url = _demo_url(admin)[1]
+        _fresh_database(admin)
+        settings = Settings.from_env(database_url=url, redis_url=redis_url, queue=queue)
+        env = {
+            **os.environ,
+            "FERRY_DATABASE_URL": url,
+            "FERRY_REDIS_URL": redis_url,
+            "FERRY_QUEUE": queue,
+        }
+        flower_port = embedded.free_port() if opts.flower else None
+        started = _start_workers(state, opts.worker_count, env, flower_port)
+        render.console.print(f"workers: {opts.worker_count} Celery worker process(es)")
+        if flower_port is not None:
+            click.echo(
+                f"flower: http://127.0.0.1:{flower_port} (user ferry, password "
+                f"{state.secret('flower')})"
+            )
+        t = time.monotonic()
+        build_patients(url, opts.rows)
+        render.console.print(f"data: {opts.rows:,} patients in {time.monotonic() - t:.1f}s")
+        ctx = commands.Context(settings)
+        commands.init(ctx)
+        with ctx.db.transaction() as conn:
+            ctx.ledger.audit(
+                conn,
+                actor=settings.actor,
+                action="demo",
+                params={"rows": opts.rows, "workers": opts.worker_count},
+            )
+        applied = _schema_up(ctx, _migrations_dir(state))
+        render.console.print(f"schema: applied {', '.join(applied) or 'nothing'}")
+        results = [_backfill(ctx, name) for name in BACKFILLS]
+        ok = _summary(results, opts.rows, time.monotonic() - began)
+        if opts.keep:
+            keep_up = True
+            render.console.print("services left up; use them with every ferry command:")
+            click.echo(
+                f"export FERRY_DATABASE_URL={url} FERRY_REDIS_URL={redis_url}"
+                + ("" if queue == "ferry" else f" FERRY_QUEUE={queue}")
+            )
+            click.echo(f"stop them with: ferry demo --down --state {state.root}")
+        if not ok:
+            raise CheckFailed("a demo run did not complete and verify")
+    except KeyboardInterrupt:
+        render.err.print("interrupted: stopping workers and servers")
+        keep_up = False
+        raise SystemExit(130) from None
+    finally:
+        # a second Ctrl-C must not leave half of the processes behind (each stop is bounded)
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if ctx is not None:
+                ctx.close()
+            if not keep_up:
+                for name in started:
+                    state.stop(name)
+                if embedded_mode:
+                    embedded.down(state)
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.command()
-@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", "worker_count", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option(
-    "--database-url",
-    envvar="FERRY_DATABASE_URL",
-    help="Server to use; the demo creates its own ferry_demo database there.",
+    "--rows",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Patients to generate.",
 )
-@click.option("--redis-url", envvar="FERRY_REDIS_URL")
-def demo(rows: int, worker_count: int, database_url: str | None, redis_url: str | None) -> None:
-    """Run the whole workflow on local PostgreSQL and Redis (creates database ferry_demo)."""
+@click.option(
+    "--workers",
+    "worker_count",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Celery worker processes.",
+)
+@click.option(
+    "--state",
+    "state_dir",
+    default=".ferry",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder holding the embedded servers' data, pid files and logs.",
+)
+@click.option("--keep", is_flag=True, help="Leave servers and workers up; print their env vars.")
+@click.option("--down", is_flag=True, help="Stop what an earlier --keep left running, and exit.")
+@click.option("--flower", is_flag=True, help="Also start Flower (basic auth, printed).")
+@click.option(
+    "--external",
+    is_flag=True,
+    help="Use the servers FERRY_DATABASE_URL and FERRY_REDIS_URL name (or 127.0.0.1) "
+    "instead of embedded ones; the demo creates its own database ferry_demo.",
+)
+@click.option("--database-url", metavar="URL", help="External PostgreSQL (implies --external).")
+@click.option("--redis-url", metavar="URL", help="External Redis (implies --external).")
+def demo(
+    rows: int,
+    worker_count: int,
+    state_dir: Path,
+    keep: bool,
+    down: bool,
+    flower: bool,
+    external: bool,
+    database_url: str | None,
+    redis_url: str | None,
+) -> None:
+    """Run the whole workflow on PostgreSQL and Redis started from wheels (or --external).
+
+    \b
+    Examples:
+      ferry demo                       # 1,000,000 patients, 2 workers, servers under .ferry/
+      ferry demo --rows 20000 --keep   # then: eval the printed export line, ferry status 1
+      ferry demo --down                # stop what --keep left running
+      ferry demo --external --rows 50000
+    """
     from coordinator.cli import _guarded
 
-    _guarded(_demo)(rows, worker_count, database_url, redis_url)
-
-
-def _demo(rows: int, worker_count: int, database_url: str | None, redis_url: str | None) -> None:
-    admin, url = _demo_url(database_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
-    render.console.print(
-        f"[bold]ferry demo[/]: {rows:,} patients in database {DEMO_DB}, "
-        f"{worker_count} worker process(es), local PostgreSQL and Redis"
-    )
-    build_data(url, rows)
-    settings = Settings.from_env(database_url=url, redis_url=redis_url, queue="ferry-demo")
-    env = {
-        **os.environ,
-        "FERRY_DATABASE_URL": url,
-        "FERRY_REDIS_URL": settings.redis_url,
-        "FERRY_QUEUE": settings.queue,
-    }
-    ctx = commands.Context(settings)
-    procs = start_workers(worker_count, env)
-    try:
-        commands.init(ctx)
-        render.console.print("[bold]1.[/] weight lb -> kg (SQL path)")
-        _run(ctx, "coordinator.demo_backfills:weight_kg")
-        render.console.print("[bold]2.[/] birth dates in mixed formats -> date (pandas path)")
-        h = _run(ctx, "coordinator.demo_backfills:normalize_dob")
-        render.console.print(f"[bold]3.[/] rolling back run {h['run_id']}")
-        commands.rollback(ctx, h["run_id"])
-        status = render.follow(
-            h["chunks"]["done"], commands.poller(ctx, h["run_id"]), f"rollback {h['run_id']}"
-        )
-        render.console.print(f"run {h['run_id']} is {status}; every dob is back to NULL")
-    finally:
-        stop_workers(procs)
-        ctx.close()
+    if down:
+        state = State(state_dir)
+        with state.locked():
+            stopped = embedded.down(state)
+        click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return
+    opts = Options(rows, worker_count, state_dir, keep, flower, external, database_url, redis_url)
+    _guarded(run_demo)(opts)
