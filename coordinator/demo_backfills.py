@@ -1,16 +1,15 @@
 """The demo's three backfills over ``patients``, built from the ``transforms`` library.
 
-Why here: a worker resolves ``coordinator.demo_backfills:<name>`` like any user's
-backfill module, so the demo exercises the same loading, fingerprinting and
-pandas path as production. Each backfill is a pipeline of library factories
-ending in ``select_output`` (the frame the engine stages), plus validation rules
-that quarantine what the transform parsed but a human must look at.
+Each names its steps from the library with parameters (``transform=[(name, params),
+...]``) rather than giving code: the steps are stored in the run as data, so the
+workers rebuild them from the ledger, and the run's fingerprint covers the
+parameters. Each pipeline ends in ``select_output`` (the frame the engine stages);
+validation rules quarantine what the transform parsed but a human must look at.
 """
 
 from __future__ import annotations
 
 from migrations import Backfill, ValidationRule
-from transforms import convert_units, pipeline, restructure_json, select_output, standardize_dates
 
 TABLE = "patients"
 KEY = "id"
@@ -22,10 +21,10 @@ birth_dates = Backfill(
     key=KEY,
     reads=["birth_date_text"],
     writes=["birth_date"],
-    transform=pipeline(
-        standardize_dates("birth_date_text", "birth_date", dayfirst=False),
-        select_output(KEY, ["birth_date"]),
-    ),
+    transform=[
+        ("standardize_dates", {"src": "birth_date_text", "dst": "birth_date", "dayfirst": False}),
+        ("select_output", {"key": KEY, "writes": ["birth_date"]}),
+    ],
     rules=[
         ValidationRule(
             field="birth_date",
@@ -45,10 +44,19 @@ weights_kg = Backfill(
     key=KEY,
     reads=["weight_text"],
     writes=["weight_kg"],
-    transform=pipeline(
-        convert_units("weight_text", "weight_kg", unit_from="lb", unit_to="kg", decimals=2),
-        select_output(KEY, ["weight_kg"]),
-    ),
+    transform=[
+        (
+            "convert_units",
+            {
+                "src": "weight_text",
+                "dst": "weight_kg",
+                "unit_from": "lb",
+                "unit_to": "kg",
+                "decimals": 2,
+            },
+        ),
+        ("select_output", {"key": KEY, "writes": ["weight_kg"]}),
+    ],
     rules=[
         ValidationRule(
             field="weight_kg",
@@ -68,16 +76,19 @@ contacts = Backfill(
     key=KEY,
     reads=["contact_legacy"],
     writes=["contact"],
-    transform=pipeline(
-        restructure_json(
-            "contact_legacy",
-            "contact",
-            rename={"tel": "phone", "mail": "email"},
-            move={"street": "address.street", "zip": "address.postal"},
-            defaults={"address.country": "US", "schema": 2},
+    transform=[
+        (
+            "restructure_json",
+            {
+                "src": "contact_legacy",
+                "dst": "contact",
+                "rename": {"tel": "phone", "mail": "email"},
+                "move": {"street": "address.street", "zip": "address.postal"},
+                "defaults": {"address.country": "US", "schema": 2},
+            },
         ),
-        select_output(KEY, ["contact"]),
-    ),
+        ("select_output", {"key": KEY, "writes": ["contact"]}),
+    ],
     rules=[
         ValidationRule(
             field="contact",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
@@ -19,6 +21,9 @@ import pandas as pd
 
 from migrations.errors import SpecError
 from migrations.identifiers import QualifiedName, check_expression, check_name
+from migrations.named import Step, parse_steps
+from migrations.named import build as build_named
+from migrations.named import identity as named_identity
 
 RuleType = Literal["format", "range", "reference", "custom"]
 Severity = Literal["warning", "error"]
@@ -123,11 +128,14 @@ class Backfill:
     writes: Sequence[str]
     reads: Sequence[str] = ()
     sql: Mapping[str, str] | None = None
-    transform: Transform | None = None
+    # A function, or a transforms library name (with params), or [(name, params), ...].
+    transform: Transform | str | Sequence[tuple[str, Mapping[str, Any]]] | None = None
+    params: Mapping[str, Any] | None = None
     rules: Sequence[ValidationRule] = field(default_factory=tuple)
     chunk_size: int = 10_000
     where: str | None = None
     updated_at: str | None = None  # the application's last-modified column, for drift
+    named: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         QualifiedName.parse(self.table)
@@ -158,8 +166,10 @@ class Backfill:
                 check_expression(expression, f"sql expression for {column}", side_effects_ok=True)
         if self.where is not None:
             check_expression(self.where, "where filter")
-        if self.transform is not None and not callable(self.transform):
-            raise SpecError("transform must be a callable DataFrame -> DataFrame")
+        named = parse_steps(self.transform, self.params)
+        if named is not None:
+            object.__setattr__(self, "named", named)
+            object.__setattr__(self, "transform", build_named(named))
         if not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size <= 10_000_000:
             raise SpecError("chunk_size must be an integer between 1 and 10,000,000")
         for rule in self.rules:
@@ -183,7 +193,7 @@ class Backfill:
             "writes": list(self.writes),
             "mode": self.mode,
             "sql": dict(self.sql) if self.sql is not None else None,
-            "transform": transform_identity(self.transform) if self.transform else None,
+            "transform": self._transform_identity(),
             "rules": [r.to_dict() for r in self.rules],
             "chunk_size": self.chunk_size,
             "where": self.where,
@@ -191,15 +201,72 @@ class Backfill:
         }
 
 
-def transform_identity(fn: Transform) -> dict[str, str]:
-    """Name and fingerprint a transform's code so a worker can tell if it changed.
+    def _transform_identity(self) -> dict[str, Any] | None:
+        if self.named is not None:
+            return named_identity(self.named)
+        return transform_identity(self.callable) if self.transform else None
 
-    Only the source is hashed: values captured by a factory's closure may repr
-    differently from one process to the next (sets, hash seeds).
+    @property
+    def callable(self) -> Transform:
+        """The pandas transform (a named one built from the library)."""
+        assert callable(self.transform)
+        return self.transform
+
+
+def transform_identity(fn: Transform) -> dict[str, str]:
+    """Name and fingerprint a transform so a worker can tell if it changed since launch.
+
+    The fingerprint covers the function's source, the functions its closure captured (a
+    factory's inner steps) and the captured values that are plain data (strings, numbers,
+    compiled patterns, lists and dicts of them: a factory's parameters, so ``dayfirst=True``
+    edited to False is a different transform). Other captured values are left out: their repr
+    may differ from one process to the next (sets, hash seeds), which would refuse every run.
     """
     name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    digest = hashlib.sha256()
+    for part in _code_parts(fn, set()):
+        digest.update(part.encode())
+    return {"name": name, "sha256": digest.hexdigest()}
+
+
+def _code_parts(fn: Callable[..., Any], seen: set[int]) -> list[str]:
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
     try:
-        source = inspect.getsource(fn)
+        parts = [inspect.getsource(fn)]
     except (OSError, TypeError):
-        source = name
-    return {"name": name, "sha256": hashlib.sha256(source.encode()).hexdigest()}
+        parts = [f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"]
+    captured = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    captured += list(getattr(fn, "__defaults__", None) or ())
+    captured += list((getattr(fn, "__kwdefaults__", None) or {}).values())
+    for value in captured:
+        if inspect.isfunction(value):
+            parts += _code_parts(value, seen)
+            continue
+        try:
+            parts.append(json.dumps(_stable(value), sort_keys=True))
+        except (TypeError, ValueError):
+            continue
+    return parts
+
+
+def _stable(value: Any) -> Any:
+    """A JSON form of a captured value that is the same in every process, or TypeError."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, re.Pattern):
+        return ["re", value.pattern, value.flags]
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    raise TypeError(type(value).__name__)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True

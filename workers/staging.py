@@ -15,8 +15,11 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from migrations.errors import PermanentChunkError
+from migrations.errors import FerryError, PermanentChunkError
 from migrations.loading import load_backfill
+from migrations.named import Step, steps_of
+from migrations.named import build as build_named
+from migrations.named import identity as named_identity
 from migrations.spec import Transform, transform_identity
 from workers.copyio import read_copy, write_copy
 from workers.failures import classify
@@ -42,8 +45,16 @@ class RunContext:
         statements = Statements(spec, run_id)
         if spec.mode != "pandas":
             return cls(run_id, spec, statements, None)
+        named = steps_of(spec.transform)
+        if named is not None and not any(rule.is_python for rule in spec.rules):
+            # Built from the ledger alone: no user module to import on this worker.
+            return cls(run_id, spec, statements, checked_named(spec, named))
         backfill = load_backfill(spec.reference)
-        transform = checked_transform(spec, backfill.transform)
+        transform = (
+            checked_named(spec, named)
+            if named is not None
+            else checked_transform(spec, backfill.transform)
+        )
         checks = tuple(
             (i, rule.check) for i, rule in enumerate(backfill.rules) if rule.check is not None
         )
@@ -52,9 +63,22 @@ class RunContext:
         return cls(run_id, spec, statements, transform, checks)
 
 
-def checked_transform(spec: RunSpec, transform: Transform | None) -> Transform:
+def checked_named(spec: RunSpec, steps: tuple[Step, ...]) -> Transform:
+    """A named transform built from the run's stored steps, refused if the library changed."""
+    expected = (spec.transform or {}).get("sha256")
+    if expected and named_identity(steps)["sha256"] != expected:
+        raise PermanentChunkError(
+            "the transforms library changed since the run started; start a new run"
+        )
+    try:
+        return build_named(steps)
+    except FerryError as exc:
+        raise PermanentChunkError(str(exc)) from None
+
+
+def checked_transform(spec: RunSpec, transform: object) -> Transform:
     """The run's transform, refused if its code changed since launch."""
-    if transform is None:
+    if transform is None or not callable(transform):
         raise PermanentChunkError("the backfill no longer has a transform")
     expected = (spec.transform or {}).get("sha256")
     if expected and transform_identity(transform)["sha256"] != expected:

@@ -337,3 +337,37 @@ k = Backfill(table="killme", key="id", reads=["a", "b", "name"], writes=["score"
         assert rerun[2].startswith("survivor@")
     finally:
         pool.stop_all()
+
+
+def test_named_library_transform_runs_from_the_ledger_alone(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A Backfill naming a transforms-library step: the spec file may vanish after launch."""
+    db.execute(
+        "CREATE TABLE named_dob AS SELECT g AS id, CASE g % 3"
+        " WHEN 0 THEN to_char(date '1950-01-01' + g, 'YYYY-MM-DD')"
+        " WHEN 1 THEN to_char(date '1950-01-01' + g, 'MM/DD/YYYY')"
+        " ELSE 'unknown' END AS dob_text, NULL::date AS dob FROM generate_series(1, 3000) g"
+    )
+    db.execute("ALTER TABLE named_dob ADD PRIMARY KEY (id)")
+    path = spec_file(
+        tmp_path,
+        """
+b = Backfill(table="named_dob", key="id", reads=["dob_text"], writes=["dob"],
+             transform="standardize_dates", params={"src": "dob_text", "dst": "dob"},
+             chunk_size=500)
+""",
+    )
+    proc = ferry("plan", f"{path}:b", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    run_id = launch(env, f"{path}:b", "--db-load", "0")
+    path.unlink()  # workers build the transform from the run's stored steps
+    assert wait_run(db, run_id) == "completed"
+    wrong = db.execute(
+        "SELECT count(*) FROM named_dob WHERE dob IS DISTINCT FROM"
+        " CASE id % 3 WHEN 2 THEN NULL ELSE date '1950-01-01' + id END"
+    ).fetchone()
+    assert wrong == (0,)
+    stored = db.execute("SELECT spec->'transform' FROM ferry.runs WHERE id = %s", (run_id,))
+    (transform,) = stored.fetchone() or (None,)
+    assert transform["named"][0]["name"] == "standardize_dates"

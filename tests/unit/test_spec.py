@@ -99,7 +99,7 @@ def test_load_by_module_and_file(tmp_path: Path) -> None:
     ref = normalize_reference(f"{path}:b")
     assert ref == f"{path.resolve()}:b"
     assert load_backfill(ref).table == "t"
-    assert load_backfill("coordinator.demo_backfills:weight_kg").key == "id"
+    assert load_backfill("coordinator.demo_backfills:weights_kg").key == "id"
     with pytest.raises(SpecError, match="not a Backfill"):
         load_backfill(f"{path}:n")
     with pytest.raises(BadInput, match="no attribute"):
