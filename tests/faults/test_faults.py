@@ -256,7 +256,7 @@ def test_coordinator_killed_during_dispatch(
     before, expected = prepare_reference(db, "orphaned", 20_000)
     path = slow_spec(tmp_path, "orphaned", 25, 0)
     coordinator = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "launch", f"{path}:b", "--json"],
+        [sys.executable, "-m", "coordinator", "launch", f"{path}:b", "--json", "--db-load", "0"],
         env=own_env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
