@@ -5,7 +5,8 @@ Redis flush); Redis adds what only it has: recent error events and worker
 heartbeats (cpu, memory). Thresholds, documented in the README:
 failed when the run failed or any chunk failed; degraded when a chunk's
 lease expired (stalled), more than 1 % of processed rows were quarantined,
-or chunks were retried in the last minute; healthy otherwise.
+or chunks were retried in the last minute (with a lock_timeouts alert from five lock
+timeouts on); healthy otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from workers.ledger import q
 
 DEGRADED_QUARANTINE_RATE = 0.01
 RETRY_WINDOW_S = 60.0
+LOCK_STORM = 5  # lock timeouts within the retry window
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 def health(ctx: Context, run_id: int) -> dict[str, Any]:
@@ -89,6 +92,9 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
     retries = [e for e in events if e["kind"] == "retry" and float(e["at"]) > cutoff]
     if retries:
         alerts.append(_alert("retries", f"{len(retries)} chunk retries in the last minute"))
+    storm = lock_storm(retries)
+    if storm:
+        alerts.append(storm)
 
     alerts.extend(
         {"type": a["type"], "message": a["message"], "timestamp": a["at"].isoformat()}
@@ -137,6 +143,23 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         "workers": len(workers),
         "limits": run.params.get("limits"),
     }
+
+
+def lock_storm(retries: list[dict[str, Any]]) -> dict[str, str] | None:
+    """An alert when chunks keep timing out on the application's row locks.
+
+    One lock timeout is the gate doing its job (the application was never blocked longer than
+    lock_timeout); a run of them means the run and the application want the same rows, and
+    each retry costs both a little: fewer chunks in flight or smaller chunks help.
+    """
+    timeouts = sum(1 for e in retries if str(e.get("message", "")).startswith(LOCK_NOT_AVAILABLE))
+    if timeouts < LOCK_STORM:
+        return None
+    return _alert(
+        "lock_timeouts",
+        f"{timeouts} lock timeouts in the last minute: the application holds the rows' locks; "
+        "lower --max-concurrency or --chunk-time (ferry throttle)",
+    )
 
 
 def _pct(values: list[float], p: float) -> float | None:
