@@ -8,7 +8,9 @@ Contenders, each on a fresh copy of the same table:
   (c) Ferry, SQL path, 2 Celery worker processes (pre-images, ledger, rules, Redis progress)
   (d) raw 2-process pandas COPY loop (COPY out, transform, COPY into temp, UPDATE ... FROM)
   (e) Ferry, pandas path, 2 Celery worker processes
-Needs the local PostgreSQL and Redis; creates database ferry_bench and uses Redis db 14.
+Ferry runs with 2 chunks in flight and no database-load bound (--db-load 0): this measures
+what the engine costs, not how gently it is throttled (bench/oltp_impact.py does that).
+Needs the local PostgreSQL and Redis; creates database ferry_bench and uses Redis db 3.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import io
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import textwrap
 import time
@@ -28,13 +29,14 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import follow, fresh_database, start_workers, stop_workers  # noqa: E402
 
 SERVER = os.environ.get("FERRY_BENCH_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB = "ferry_bench"
 URL = SERVER.rsplit("/", 1)[0] + "/" + DB
-REDIS = os.environ.get("FERRY_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+REDIS = os.environ.get("FERRY_BENCH_REDIS", "redis://127.0.0.1:6379/3")
 QUEUE = "ferry-bench"
 EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
 
@@ -64,9 +66,7 @@ SPEC = textwrap.dedent(f"""
 
 
 def setup(rows: int) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    fresh_database(SERVER, DB)
     with psycopg.connect(URL, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE template (id bigint PRIMARY KEY, dob_text text, weight_lb text, "
@@ -173,6 +173,7 @@ def ferry_run(
     table: str, mode: str, chunk: int, workers: int, spec_dir: Path
 ) -> tuple[float, list[float]]:
     from coordinator import commands
+    from workers.limits import Limits
     from workers.settings import Settings
 
     spec = spec_dir / f"bench_{table}.py"
@@ -180,14 +181,9 @@ def ferry_run(
     settings = Settings.from_env({}, database_url=URL, redis_url=REDIS, queue=QUEUE)
     ctx = commands.Context(settings)
     started = time.perf_counter()
-    plan = commands.launch(ctx, f"{spec}:{mode}_bf")
+    plan = commands.launch(ctx, f"{spec}:{mode}_bf", limits=Limits(db_load=None))
     assert plan.run_id is not None
-    poll = commands.poller(ctx, plan.run_id)
-    while True:
-        _, _, status, done = poll()
-        if done:
-            break
-        time.sleep(0.25)
+    status = follow(ctx, plan.run_id)
     elapsed = time.perf_counter() - started
     with psycopg.connect(URL) as conn:
         durations = [
@@ -200,47 +196,6 @@ def ferry_run(
     if status != "completed":
         raise SystemExit(f"ferry run ended {status}")
     return elapsed, durations
-
-
-def start_workers(count: int, log: Path) -> list[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "FERRY_DATABASE_URL": URL,
-        "FERRY_REDIS_URL": REDIS,
-        "FERRY_QUEUE": QUEUE,
-        "PYTHONPATH": str(ROOT),
-    }
-    procs = []
-    for i in range(count):
-        with open(log / f"w{i}.log", "wb") as fh:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "workers",
-                        "worker",
-                        "-n",
-                        f"bench{i}@%h",
-                        "--concurrency",
-                        "1",
-                        "--loglevel",
-                        "WARNING",
-                        "--without-gossip",
-                        "--without-mingle",
-                        "-Q",
-                        QUEUE,
-                    ],
-                    env=env,
-                    stdout=fh,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-    time.sleep(4)
-    return procs
 
 
 def pct(values: list[float], p: float) -> float:
@@ -268,7 +223,9 @@ def main() -> None:
     from workers.settings import Settings
 
     commands.init(commands.Context(Settings.from_env({}, database_url=URL, redis_url=REDIS)))
-    procs = start_workers(n, spec_dir)
+    procs = start_workers(
+        n, {"FERRY_DATABASE_URL": URL, "FERRY_REDIS_URL": REDIS}, "bench", QUEUE, spec_dir
+    )
     times: dict[str, list[float]] = {t: [] for t in "abcde"}
     sums: dict[str, str] = {}
     durations: dict[str, list[float]] = {"c": [], "e": []}
@@ -303,10 +260,7 @@ def main() -> None:
                 sums[tag] = check(table)
                 print(f"  ({tag}) {label}: {secs:.2f} s, {rows / secs:,.0f} rows/s", flush=True)
     finally:
-        for p in procs:
-            os.killpg(p.pid, 15)
-        for p in procs:
-            p.wait()
+        stop_workers(procs)
     results = {t: statistics.median(v) for t, v in times.items()}
 
     rate = {k: rows / v for k, v in results.items()}

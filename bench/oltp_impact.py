@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +24,10 @@ from pathlib import Path
 
 import psycopg
 import redis
-from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import follow, fresh_database, start_workers, stop_workers  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB = "ferry_oltp"
@@ -42,9 +39,7 @@ EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric
 
 
 def setup(rows: int) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    fresh_database(SERVER, DB)
     with psycopg.connect(URL, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE patients (id bigint PRIMARY KEY, dob_text text, weight_lb text, "
@@ -119,57 +114,12 @@ def ferry_backfill(spec: Path, db_load: float | None = None) -> Callable[[], Non
         limits = Limits() if db_load is None else Limits(db_load=db_load or None)
         plan = commands.launch(ctx, f"{spec}:b", limits=limits)
         assert plan.run_id is not None
-        poll = commands.poller(ctx, plan.run_id)
-        while True:
-            _, _, status, done = poll()
-            if done:
-                break
-            time.sleep(0.25)
+        status = follow(ctx, plan.run_id)
         ctx.close()
         if status != "completed":
             raise SystemExit(f"ferry run ended {status}")
 
     return run
-
-
-def start_workers(count: int) -> list[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "FERRY_DATABASE_URL": URL,
-        "FERRY_REDIS_URL": REDIS,
-        "FERRY_QUEUE": QUEUE,
-        "PYTHONPATH": str(ROOT),
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-n",
-                f"oltp{i}@%h",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "-Q",
-                QUEUE,
-            ],
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(count)
-    ]
-    time.sleep(4)
-    return procs
 
 
 def main() -> None:
@@ -199,7 +149,7 @@ def main() -> None:
     results["one UPDATE"] = measure(args.rows, single_update)
     print("  one UPDATE", flush=True)
     reset()
-    workers = start_workers(2)
+    workers = start_workers(2, {"FERRY_DATABASE_URL": URL, "FERRY_REDIS_URL": REDIS}, "oltp", QUEUE)
     try:
         results["Ferry, default limits"] = measure(args.rows, ferry_backfill(spec))
         print("  Ferry", flush=True)
@@ -209,10 +159,7 @@ def main() -> None:
             results[name] = measure(args.rows, ferry_backfill(spec, load))
             print(f"  {name}", flush=True)
     finally:
-        for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            w.wait()
+        stop_workers(workers)
     base = results["alone"][0]
     print("\n(2 cores shared by PostgreSQL, the load and the workers)")
     print("| during | tps | p50 ms | p99 ms | max ms | tps vs alone | p99 vs alone | writer s |")

@@ -35,6 +35,7 @@ from coordinator.demo_data import EXPAND_MIGRATION, build_patients
 from coordinator.demo_state import State
 from migrations.errors import CheckFailed
 from migrations.schema import SchemaRunner, load_directory
+from workers.command import worker_command
 from workers.settings import Settings
 
 DEMO_DB = "ferry_demo"
@@ -83,19 +84,9 @@ def _start_workers(
         name = f"worker{i}"
         state.spawn(
             name,
-            [
-                *celery,
-                "worker",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "WARNING",
-                "-n",
-                f"demo{i}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                f"--pidfile={state.run_dir / (name + '.celery')}",
-            ],
+            worker_command(
+                f"demo{i}", extra=[f"--pidfile={state.run_dir / (name + '.celery')}"]
+            ),
             env,
         )
         started.append(name)

@@ -24,6 +24,8 @@ import pytest
 import redis
 from psycopg import sql
 
+from workers.command import worker_command
+
 SERVER = os.environ.get("FERRY_TEST_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("FERRY_TEST_REDIS", "redis://127.0.0.1:6379/15")
 SESSION_CLAIM = "ferry-test:session"
@@ -133,24 +135,9 @@ class WorkerPool:
         offset = path.stat().st_size if path.exists() else 0
         with open(path, "ab") as log:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers",
-                    "worker",
-                    "-n",
-                    f"{name}@%h",
-                    "--concurrency",
-                    str(concurrency),
-                    "--loglevel",
-                    "INFO",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-Q",
-                    self.env["FERRY_QUEUE"],
-                ],
+                worker_command(
+                    name, self.env["FERRY_QUEUE"], concurrency=concurrency, loglevel="INFO"
+                ),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,73 @@
+"""What every benchmark here needs: a database of its own, real workers, a run followed to its end.
+
+Benchmarks import this after putting the repository root on ``sys.path`` (they are run as
+scripts: ``python bench/NAME.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from workers.command import worker_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fresh_database(server: str, name: str) -> str:
+    """Drop and create database ``name`` on ``server``; its URL."""
+    db = sql.Identifier(name)
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(db))
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+def start_workers(
+    count: int, env: dict[str, str], prefix: str, queue: str, log_dir: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` worker processes of one pool child each, ready when this returns."""
+    full_env = {**os.environ, **env, "FERRY_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    procs = []
+    for i in range(count):
+        out: Any = subprocess.DEVNULL
+        if log_dir is not None:
+            out = open(log_dir / f"{prefix}{i}.log", "wb")  # noqa: SIM115 - the child owns it
+        procs.append(
+            subprocess.Popen(
+                worker_command(f"{prefix}{i}", queue),
+                env=full_env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    time.sleep(4)  # broker connection and pool start; the benches time runs, not start-up
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.wait()
+
+
+def follow(ctx: Any, run_id: int) -> str:
+    """Wait for a run to end (as ``ferry launch --wait`` does); its final status."""
+    from coordinator import commands
+
+    poll = commands.poller(ctx, run_id)
+    while True:
+        _, _, status, done = poll()
+        if done:
+            return str(status)
+        time.sleep(0.25)
