@@ -17,8 +17,10 @@ import click
 import psycopg
 
 from coordinator import commands
+from coordinator.schema_steps import CoordinatorBackfills
 from migrations.errors import FerryError
 from migrations.schema import SchemaRunner, Step, lint, load_directory, report
+from migrations.schema.python_step import parse_python_step
 from migrations.schema.source import MigrationFile, parse_migration
 from workers.settings import Settings
 
@@ -29,6 +31,7 @@ Examples:
   ferry schema plan --json
   ferry schema lint migrations/versions/20240315_add_patient_vitals.sql
   ferry schema up --to 20240315
+  ferry schema up --no-wait-backfill
   ferry schema down --to 0
 """
 
@@ -81,7 +84,11 @@ def _migrations(obj: dict[str, Any]) -> list[MigrationFile]:
 
 
 def _runner(
-    ctx: commands.Context, conn: psycopg.Connection[Any], obj: dict[str, Any], wait: bool
+    ctx: commands.Context,
+    conn: psycopg.Connection[Any],
+    obj: dict[str, Any],
+    wait: bool,
+    **backfill_options: bool,
 ) -> SchemaRunner:
     return SchemaRunner(
         conn,
@@ -90,6 +97,8 @@ def _runner(
         wait=wait,
         wait_seconds=obj["wait_seconds"],
         on_wait=lambda: click.echo("waiting for another schema migrator to finish...", err=True),
+        backfills=CoordinatorBackfills(ctx),
+        **backfill_options,
     )
 
 
@@ -101,6 +110,8 @@ def _steps(steps: list[Step]) -> list[dict[str, Any]]:
             "status": s.status,
             "seconds": s.seconds,
             "run_id": s.run_id,
+            "message": s.message,
+            "blocked": s.blocked,
         }
         for s in steps
     ]
@@ -183,10 +194,14 @@ def plan(obj: dict[str, Any], to: int | None, as_json: bool) -> None:
         click.echo("nothing to apply")
     for entry in entries:
         mode = "one transaction" if entry["transactional"] else "non-transactional"
+        if entry["kind"] == "backfill":
+            mode = "backfill run"
         click.echo(
             f"{entry['version']} {entry['name']} [{entry['category']}, {mode}]"
             f"{'' if entry['rollback'] else ' (no rollback section)'}"
         )
+        if entry["kind"] == "backfill":
+            click.echo(f"  launches, follows and verifies backfill {entry['backfill']}")
         for st in entry["statements"]:
             alone = ", alone" if st["own_transaction"] else ""
             click.echo(
@@ -212,7 +227,7 @@ def lint_cmd(obj: dict[str, Any], paths: tuple[Path, ...], as_json: bool) -> Non
         if path.is_dir():
             files.extend(load_directory(path))
         elif path.is_file():
-            files.append(parse_migration(path))
+            files.append(parse_python_step(path) if path.suffix == ".py" else parse_migration(path))
         else:
             raise click.BadParameter(f"{path} does not exist", param_hint="PATHS")
     findings = [f for migration in files for f in lint(migration)]
@@ -232,14 +247,50 @@ def lint_cmd(obj: dict[str, Any], paths: tuple[Path, ...], as_json: bool) -> Non
 @schema.command()
 @click.option("--to", "to", type=int, metavar="V", help="Apply up to and including version V.")
 @click.option("--allow-destructive", is_flag=True, help="Apply drops, renames, deletes too.")
+@click.option(
+    "--wait-backfill/--no-wait-backfill",
+    default=True,
+    show_default=True,
+    help="Follow a backfill step's run to its end and verify it, or leave it in_progress "
+    "after launching (a later `up` checks the run and completes the version).",
+)
+@click.option(
+    "--accept-quarantine",
+    is_flag=True,
+    help="Let a verified run that quarantined rows (completed_with_errors) complete its version.",
+)
 @_wait_option
 @click.pass_obj
 @_guarded
-def up(obj: dict[str, Any], to: int | None, allow_destructive: bool, wait: bool) -> None:
-    """Apply pending migrations in version order, each in its own transaction."""
+def up(
+    obj: dict[str, Any],
+    to: int | None,
+    allow_destructive: bool,
+    wait_backfill: bool,
+    accept_quarantine: bool,
+    wait: bool,
+) -> None:
+    """Apply pending migrations in version order, each in its own transaction.
+
+    A Python step (VERSION_name.py declaring `backfill = Backfill(...)`) is launched,
+    followed and verified; its version completes when the run completed and verify passed.
+    """
     with _session(obj) as (ctx, conn):
-        runner = _runner(ctx, conn, obj, wait)
-        params = {"dir": obj["dir"], "to": to, "allow_destructive": allow_destructive}
+        runner = _runner(
+            ctx,
+            conn,
+            obj,
+            wait,
+            wait_backfill=wait_backfill,
+            accept_quarantine=accept_quarantine,
+        )
+        params = {
+            "dir": obj["dir"],
+            "to": to,
+            "allow_destructive": allow_destructive,
+            "wait_backfill": wait_backfill,
+            "accept_quarantine": accept_quarantine,
+        }
         steps = _audited(
             ctx,
             "schema_up",
@@ -247,37 +298,56 @@ def up(obj: dict[str, Any], to: int | None, allow_destructive: bool, wait: bool)
             lambda: _steps(runner.up(to=to, allow_destructive=allow_destructive)),
         )
     for step in steps:
+        label = f"{step['version']} {step['name']}"
         if step["status"] == "in_progress":
             click.echo(
-                f"applied {step['version']} {step['name']} in {step['seconds']:.2f}s; it waits "
-                "for its backfill: `ferry launch` it, `ferry verify` the run, then "
-                "`ferry schema up` again"
+                f"{label} is in_progress: {step['message']}"
+                if step["message"]
+                else f"applied {label} in {step['seconds']:.2f}s; it waits for its backfill: "
+                "`ferry launch` it, `ferry verify` the run, then `ferry schema up` again"
             )
         elif step["run_id"] is not None:
-            click.echo(
-                f"completed {step['version']} {step['name']} (backfill run {step['run_id']} "
-                "verified)"
-            )
+            click.echo(f"completed {label} (backfill run {step['run_id']} verified)")
         else:
-            click.echo(f"applied {step['version']} {step['name']} in {step['seconds']:.2f}s")
+            click.echo(f"applied {label} in {step['seconds']:.2f}s")
     if not steps:
         click.echo("nothing to apply")
+    if any(step["blocked"] for step in steps):
+        raise SystemExit(1)
 
 
 @schema.command()
 @click.option("--to", "to", type=int, metavar="V", help="Roll back every version newer than V.")
+@click.option(
+    "--rollback-backfills/--no-rollback-backfills",
+    default=True,
+    show_default=True,
+    help="Roll back the runs of a version's backfill (pre-images) before undoing it, or stop "
+    "and name the run to roll back.",
+)
 @_wait_option
 @click.pass_obj
 @_guarded
-def down(obj: dict[str, Any], to: int | None, wait: bool) -> None:
-    """Run rollback sections, newest first (default: the newest applied version only)."""
+def down(obj: dict[str, Any], to: int | None, rollback_backfills: bool, wait: bool) -> None:
+    """Run rollback sections, newest first (default: the newest applied version only).
+
+    The runs of an expand's backfill or of a Python step are rolled back first (their
+    pre-images restored, waiting for it), so `down --to 0` undoes a whole change.
+    """
     with _session(obj) as (ctx, conn):
         runner = _runner(ctx, conn, obj, wait)
+        params = {"dir": obj["dir"], "to": to, "rollback_backfills": rollback_backfills}
         steps = _audited(
-            ctx, "schema_down", {"dir": obj["dir"], "to": to}, lambda: _steps(runner.down(to=to))
+            ctx,
+            "schema_down",
+            params,
+            lambda: _steps(runner.down(to=to, rollback_backfills=rollback_backfills)),
         )
     for step in steps:
-        click.echo(f"rolled back {step['version']} {step['name']} in {step['seconds']:.2f}s")
+        undone = f" (backfill run {step['run_id']} rolled back)" if step["run_id"] else ""
+        click.echo(
+            f"rolled back {step['version']} {step['name']}{undone} in {step['seconds']:.2f}s"
+        )
     if not steps:
         click.echo("nothing to roll back")
 

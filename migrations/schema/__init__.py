@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from migrations.schema.backfills import BackfillHooks
 from migrations.schema.classify import Category
 from migrations.schema.lint import Finding, lint
 from migrations.schema.runner import SchemaRunner, Step
@@ -14,6 +15,7 @@ from migrations.schema.source import (
 )
 
 __all__ = [
+    "BackfillHooks",
     "Category",
     "Finding",
     "MigrationFile",

@@ -30,7 +30,11 @@ def status(conn: Conn, migrations: Sequence[MigrationFile]) -> list[dict[str, An
             notes.append("file missing")
         elif row is not None and row.status == "completed" and row.checksum != migration.checksum:
             notes.append("checksum changed: run `ferry schema repair` to accept")
-        if row is not None and row.awaiting:
+        step = migration is not None and migration.is_backfill_step
+        if row is not None and row.awaiting and step:
+            run = f"run {row.run_id}" if row.run_id else "its run"
+            notes.append(f"backfill step: `ferry schema up` follows and verifies {run}")
+        elif row is not None and row.awaiting:
             notes.append(f"waits for backfill {row.backfill} to be launched and verified")
         if migration is not None and migration.rollback is None:
             notes.append("no rollback section")
@@ -74,6 +78,8 @@ def plan(
                 "category": migration.category.value,
                 "transactional": migration.transactional,
                 "rollback": migration.rollback is not None,
+                "kind": migration.kind,
+                "backfill": migration.backfill,
                 "statements": [
                     {
                         "line": s.line,

@@ -21,9 +21,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from migrations.errors import BadInput, CheckFailed
+from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.masking import mask_text
 from migrations.schema import store
+from migrations.schema.backfills import BackfillHooks, BackfillSteps
 from migrations.schema.classify import Category
 from migrations.schema.source import MigrationFile, Statement
 
@@ -43,7 +44,9 @@ class Step:
     name: str
     status: str
     seconds: float
-    run_id: int | None = None  # the verified backfill run that completed an expand
+    run_id: int | None = None  # the backfill run that completed (or undid) the version
+    message: str = ""  # why a version is still in_progress
+    blocked: bool = False  # its run ended without completing it: the user must act
 
 
 class SchemaRunner:
@@ -58,6 +61,9 @@ class SchemaRunner:
         wait: bool = True,
         wait_seconds: float = 60.0,
         on_wait: Callable[[], None] | None = None,
+        backfills: BackfillHooks | None = None,
+        wait_backfill: bool = True,
+        accept_quarantine: bool = False,
     ) -> None:
         self.conn = conn
         self.migrations = {m.version: m for m in migrations}
@@ -65,6 +71,9 @@ class SchemaRunner:
         self.wait = wait
         self.wait_seconds = wait_seconds
         self.on_wait = on_wait
+        self.backfills = BackfillSteps(
+            conn, backfills, wait=wait_backfill, accept_quarantine=accept_quarantine
+        )
 
     # -- locking -------------------------------------------------------------------------------
     @contextmanager
@@ -141,20 +150,16 @@ class SchemaRunner:
         return found
 
     def up(self, *, to: int | None = None, allow_destructive: bool = False) -> list[Step]:
+        """Complete versions whose backfill is done, then apply pending ones in order.
+
+        Stops at the first version that stays in_progress (an expand, or a backfill step
+        whose run is not complete and verified): what follows is built on it.
+        """
         self._target(to, allow_zero=False)
         with self.locked():
             rows = store.load(self.conn)
             self._check_ledger(rows)
             todo = self.pending(rows, to)
-            settled = self._settle_backfills(rows)
-            waiting = [r for r in rows.values() if r.awaiting and r.version not in settled]
-            if waiting and todo and todo[-1] > waiting[0].version:
-                first = waiting[0]
-                raise CheckFailed(
-                    f"version {first.version} ({first.name}) waits for its backfill "
-                    f"{first.backfill}: `ferry launch` it, then `ferry verify` the run; later "
-                    "versions (the contract) are refused until then"
-                )
             newest = max((r.version for r in rows.values() if r.applied), default=0)
             for version in todo:
                 migration = self.migrations[version]
@@ -165,10 +170,20 @@ class SchemaRunner:
                     )
                 if not allow_destructive:
                     _refuse_destructive(migration)
-            steps = [
-                Step(version=v, name=rows[v].name, status="completed", seconds=0.0, run_id=run)
-                for v, run in settled.items()
-            ]
+            self.backfills.require_hooks([self.migrations[v] for v in todo])
+            steps: list[Step] = []
+            for row in sorted(rows.values(), key=lambda r: r.version):
+                if not row.awaiting or row.backfill is None:
+                    continue
+                step = self._settle(row)
+                if step.status == "in_progress":
+                    if todo:
+                        raise CheckFailed(
+                            f"version {row.version} ({row.name}) {step.message}; later "
+                            "versions (the contract) are refused until then"
+                        )
+                    return [*steps, step]
+                steps.append(step)
             for version in todo:
                 previous = max(
                     (r.version for r in store.load(self.conn).values() if r.applied),
@@ -176,8 +191,21 @@ class SchemaRunner:
                 )
                 steps.append(self._apply(self.migrations[version], previous))
                 if steps[-1].status == "in_progress":
-                    break  # an expand: what follows waits for its backfill to be verified
+                    break  # what follows waits for its backfill to be verified
             return steps
+
+    def _settle(self, row: store.VersionRow) -> Step:
+        began = time.monotonic()
+        outcome = self.backfills.settle(row, self.migrations.get(row.version))
+        return Step(
+            version=row.version,
+            name=row.name,
+            status="completed" if outcome.completed else "in_progress",
+            seconds=round(time.monotonic() - began, 3),
+            run_id=outcome.run_id,
+            message=outcome.message,
+            blocked=outcome.blocked,
+        )
 
     def _apply(self, migration: MigrationFile, previous: int | None) -> Step:
         began = time.monotonic()
@@ -187,6 +215,8 @@ class SchemaRunner:
             actor=self.actor,
             rollback_point=str(previous) if previous is not None else "base",
         )
+        if migration.is_backfill_step:
+            return self._launch_step(migration)
         statements = [*migration.preconditions, *migration.forward]
         try:
             self._execute(migration, statements)
@@ -204,22 +234,26 @@ class SchemaRunner:
             seconds=round(time.monotonic() - began, 3),
         )
 
-    def _settle_backfills(self, rows: dict[int, store.VersionRow]) -> dict[int, int]:
-        """Complete each version waiting on a backfill whose run is now verified."""
-        settled: dict[int, int] = {}
-        for row in sorted(rows.values(), key=lambda r: r.version):
-            if not row.awaiting or row.backfill is None or row.applied_at is None:
-                continue
-            run_id = store.verified_run(self.conn, row.backfill, row.applied_at)
-            if run_id is None:
-                break  # versions complete in order
-            store.complete_with_run(self.conn, row.version, run_id)
-            settled[row.version] = run_id
-        return settled
+    def _launch_step(self, migration: MigrationFile) -> Step:
+        """A Python step: applied_at first (its runs are those created after it), then run."""
+        store.await_backfill(self.conn, migration.version)
+        row = store.load(self.conn)[migration.version]
+        try:
+            return self._settle(row)
+        except FerryError as exc:
+            if store.load(self.conn)[migration.version].run_id is None:
+                # Nothing was launched: failed, and retried by the next ``up``.
+                store.set_status(self.conn, migration.version, "failed", error=str(exc))
+            raise
 
     # -- down ----------------------------------------------------------------------------------
-    def down(self, *, to: int | None = None) -> list[Step]:
-        """Roll back the newest applied version, or every one newer than ``to``."""
+    def down(self, *, to: int | None = None, rollback_backfills: bool = True) -> list[Step]:
+        """Roll back the newest applied version, or every one newer than ``to``.
+
+        A version with a backfill has its runs rolled back first (pre-images, newest run
+        first), then its rollback section runs; ``rollback_backfills=False`` stops there
+        instead and tells the user which run to roll back.
+        """
         self._target(to, allow_zero=True)
         with self.locked():
             rows = store.load(self.conn)
@@ -240,22 +274,20 @@ class SchemaRunner:
                     )
             steps: list[Step] = []
             for version in targets:
-                self._refuse_live_backfill(rows[version], steps)
-                steps.append(self._revert(self.migrations[version], rows[version].status))
+                began = time.monotonic()
+                done = "".join(f"rolled back {s.version} {s.name}; " for s in steps)
+                runs = self.backfills.undo(rows[version], rollback=rollback_backfills, done=done)
+                step = self._revert(self.migrations[version], rows[version].status)
+                steps.append(
+                    Step(
+                        version=step.version,
+                        name=step.name,
+                        status=step.status,
+                        seconds=round(time.monotonic() - began, 3),
+                        run_id=runs[0] if runs else None,
+                    )
+                )
             return steps
-
-    def _refuse_live_backfill(self, row: store.VersionRow, done: list[Step]) -> None:
-        """An expand is undone after its backfill: the data first (pre-images), then the SQL."""
-        if row.backfill is None or row.applied_at is None:
-            return
-        runs = store.runs_with_writes(self.conn, row.backfill, row.applied_at)
-        if runs:
-            before = "".join(f"rolled back {s.version} {s.name}; " for s in done)
-            raise CheckFailed(
-                f"{before}version {row.version} ({row.name}) has backfill run(s) "
-                f"{', '.join(map(str, runs))} still applied: undo them first "
-                f"(`ferry rollback {runs[0]} --wait`), then run `ferry schema down` again"
-            )
 
     def _revert(self, migration: MigrationFile, status: str) -> Step:
         assert migration.rollback is not None

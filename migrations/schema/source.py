@@ -70,10 +70,17 @@ class MigrationFile:
     forward: tuple[Statement, ...]
     rollback: tuple[Statement, ...] | None  # None: the file has no rollback section
     backfill: str | None = None  # expand/contract: the Backfill whose verified run completes it
+    kind: str = "sql"  # "sql", or "backfill": a Python file whose step is a Backfill run
+
+    @property
+    def is_backfill_step(self) -> bool:
+        return self.kind == "backfill"
 
     @property
     def category(self) -> Category:
-        """The strongest kind of change among the forward statements."""
+        """The strongest kind of change among the forward statements; a backfill transforms."""
+        if self.is_backfill_step:
+            return Category.TRANSFORMATIVE
         return max((s.category for s in self.forward), default=Category.SESSION)
 
     @property
@@ -210,14 +217,27 @@ def parse_migration(path: Path, text: str | None = None) -> MigrationFile:
 
 
 def load_directory(directory: Path) -> list[MigrationFile]:
-    """Every ``*.sql`` migration of a folder, in version order; two files of one version fail."""
+    """Every ``*.sql`` and ``VERSION_*.py`` migration of a folder, in version order.
+
+    Two files of one version fail. Python files not named for a version (``__init__.py``,
+    helpers the steps import) are not migrations and are skipped.
+    """
+    # python_step builds MigrationFile from this module: imported here, not at the top.
+    from migrations.schema.python_step import FILE_NAME as PYTHON_FILE
+    from migrations.schema.python_step import parse_python_step
+
     if not directory.is_dir():
         raise BadInput(f"migrations folder {str(directory)!r} does not exist")
     found: dict[int, MigrationFile] = {}
     for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql" or not path.is_file():
+        if not path.is_file():
             continue
-        migration = parse_migration(path)
+        if path.suffix == ".sql":
+            migration = parse_migration(path)
+        elif PYTHON_FILE.fullmatch(path.name):
+            migration = parse_python_step(path)
+        else:
+            continue
         other = found.get(migration.version)
         if other is not None:
             raise BadInput(f"{path.name} and {other.path.name} share version {migration.version}")

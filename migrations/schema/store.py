@@ -141,33 +141,108 @@ def await_backfill(conn: Conn, version: int) -> None:
 
 def complete_with_run(conn: Conn, version: int, run_id: int) -> None:
     conn.execute(
-        "UPDATE ferry.schema_versions SET status = 'completed', run_id = %s,"
+        "UPDATE ferry.schema_versions SET status = 'completed', run_id = %s, error = NULL,"
         " updated_at = clock_timestamp() WHERE version = %s",
         (run_id, version),
     )
 
 
-def verified_run(conn: Conn, backfill: str, since: datetime) -> int | None:
-    """The newest run of ``backfill`` started after ``since``, completed, last verified ok."""
+def set_run(conn: Conn, version: int, run_id: int) -> None:
+    """Record the run a Python backfill step launched (the version stays in_progress)."""
+    conn.execute(
+        "UPDATE ferry.schema_versions SET run_id = %s, error = NULL,"
+        " updated_at = clock_timestamp() WHERE version = %s",
+        (run_id, version),
+    )
+
+
+def note(conn: Conn, version: int, message: str | None) -> None:
+    """Say why an in_progress version is not completed yet (shown by ``status``)."""
+    conn.execute(
+        "UPDATE ferry.schema_versions SET error = %s, updated_at = clock_timestamp()"
+        " WHERE version = %s",
+        (message, version),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunState:
+    """What the schema runner needs to know of a backfill run to complete a version."""
+
+    id: int
+    status: str
+    quarantined: int  # rows left unchanged by a skip rule
+    verified: bool | None  # its latest ``ferry verify``: None when never verified
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_RUN_STATES
+
+
+FINAL_RUN_STATES = ("completed", "completed_with_errors", "failed", "cancelled", "rolled_back")
+_FINISHED = ("completed", "completed_with_errors")
+
+
+def run_state(conn: Conn, run_id: int) -> RunState | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "SELECT r.id FROM ferry.runs r"
-            " CROSS JOIN LATERAL (SELECT ok FROM ferry.verifications v WHERE v.run_id = r.id"
-            "                     ORDER BY v.at DESC, v.id DESC LIMIT 1) last"
-            " WHERE r.backfill = %s AND r.created_at >= %s AND r.status = 'completed' AND last.ok"
-            " ORDER BY r.id DESC LIMIT 1",
+            "SELECT r.id, r.status,"
+            " (SELECT coalesce(sum(c.rows_quarantined), 0) FROM ferry.chunks c"
+            "  WHERE c.run_id = r.id) AS quarantined,"
+            " (SELECT v.ok FROM ferry.verifications v WHERE v.run_id = r.id"
+            "  ORDER BY v.at DESC, v.id DESC LIMIT 1) AS verified"
+            " FROM ferry.runs r WHERE r.id = %s",
+            (run_id,),
+        ).fetchone()
+    if row is None:
+        return None
+    return RunState(
+        id=int(row["id"]),
+        status=str(row["status"]),
+        quarantined=int(row["quarantined"]),
+        verified=row["verified"],
+    )
+
+
+def latest_run(conn: Conn, backfill: str, since: datetime) -> int | None:
+    """The newest run of ``backfill`` started after ``since``, whatever its state."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT id FROM ferry.runs WHERE backfill = %s AND created_at >= %s"
+            " ORDER BY id DESC LIMIT 1",
             (backfill, since),
         ).fetchone()
     return None if row is None else int(row["id"])
 
 
+def verified_run(
+    conn: Conn, backfill: str, since: datetime, *, accept_quarantine: bool = False
+) -> int | None:
+    """The newest run of ``backfill`` started after ``since``, completed, last verified ok.
+
+    With ``accept_quarantine`` a run that ended ``completed_with_errors`` counts too.
+    """
+    statuses = list(_FINISHED if accept_quarantine else _FINISHED[:1])
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT r.id FROM ferry.runs r"
+            " CROSS JOIN LATERAL (SELECT ok FROM ferry.verifications v WHERE v.run_id = r.id"
+            "                     ORDER BY v.at DESC, v.id DESC LIMIT 1) last"
+            " WHERE r.backfill = %s AND r.created_at >= %s AND r.status = ANY(%s) AND last.ok"
+            " ORDER BY r.id DESC LIMIT 1",
+            (backfill, since, statuses),
+        ).fetchone()
+    return None if row is None else int(row["id"])
+
+
 def runs_with_writes(conn: Conn, backfill: str, since: datetime) -> list[int]:
-    """Runs of ``backfill`` since ``since`` that still hold applied (or running) chunks."""
+    """Runs of ``backfill`` since ``since`` that hold applied chunks or may still write."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT r.id FROM ferry.runs r WHERE r.backfill = %s AND r.created_at >= %s"
-            " AND EXISTS (SELECT FROM ferry.chunks c WHERE c.run_id = r.id"
-            "             AND c.status IN ('done', 'running')) ORDER BY r.id DESC",
+            " AND (r.status IN ('running', 'paused')"
+            "      OR EXISTS (SELECT FROM ferry.chunks c WHERE c.run_id = r.id"
+            "                 AND c.status IN ('done', 'running'))) ORDER BY r.id DESC",
             (backfill, since),
         ).fetchall()
     return [int(r["id"]) for r in rows]
