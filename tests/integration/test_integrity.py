@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.conftest import ferry
 from tests.helpers import chunk_counts, fingerprint, launch, spec_file, wait_run
@@ -177,20 +179,33 @@ def test_unmask_needs_the_privilege(
     path = spec_file(tmp_path, SQL_SPEC)
     run_id = launch(env, f"{path}:b")
     assert wait_run(db, run_id) == "completed_with_errors"
-    db.execute("DROP ROLE IF EXISTS ferry_viewer")
-    db.execute("CREATE ROLE ferry_viewer LOGIN")
-    db.execute("GRANT USAGE ON SCHEMA ferry TO ferry_viewer")
-    db.execute("GRANT SELECT ON ferry.runs, ferry.quarantine, ferry.ledger_version TO ferry_viewer")
-    db.execute("GRANT INSERT ON ferry.audit_log TO ferry_viewer")
-    db.execute("GRANT USAGE ON SEQUENCE ferry.audit_log_id_seq TO ferry_viewer")
-    viewer = {**env, "FERRY_DATABASE_URL": database_url.replace("postgres@", "ferry_viewer@")}
-    ok = ferry("quarantine", str(run_id), "--export", str(tmp_path / "m.csv"), env=viewer)
-    assert ok.returncode == 0, ok.stderr
-    refused = ferry(
-        "quarantine", str(run_id), "--export", str(tmp_path / "u.csv"), "--unmask", env=viewer
-    )
-    assert refused.returncode == 1 and "may not unmask" in refused.stderr
-    assert not (tmp_path / "u.csv").exists()
+    viewer_role = f"ferry_viewer_{os.getpid()}"  # roles are cluster-wide: one per session
+    role = sql.Identifier(viewer_role)
+    db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    try:
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA ferry TO {}").format(role))
+        db.execute(
+            sql.SQL(
+                "GRANT SELECT ON ferry.runs, ferry.quarantine, ferry.ledger_version TO {}"
+            ).format(role)
+        )
+        db.execute(sql.SQL("GRANT INSERT ON ferry.audit_log TO {}").format(role))
+        db.execute(sql.SQL("GRANT USAGE ON SEQUENCE ferry.audit_log_id_seq TO {}").format(role))
+        viewer = {
+            **env,
+            "FERRY_DATABASE_URL": database_url.replace("postgres@", f"{viewer_role}@"),
+        }
+        ok = ferry("quarantine", str(run_id), "--export", str(tmp_path / "m.csv"), env=viewer)
+        assert ok.returncode == 0, ok.stderr
+        refused = ferry(
+            "quarantine", str(run_id), "--export", str(tmp_path / "u.csv"), "--unmask", env=viewer
+        )
+        assert refused.returncode == 1 and "may not unmask" in refused.stderr
+        assert not (tmp_path / "u.csv").exists()
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        db.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 def test_fail_rule_stops_the_run(
