@@ -48,6 +48,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _reason(exc: BaseException) -> str:
+    """The error's class and first line, masked (a TLS failure says why; no password shows)."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {mask_text(first)}" if first else type(exc).__name__
+
+
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map Ferry errors to their exit codes and connection failures to one masked line."""
 
@@ -62,10 +68,10 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
                 1,
             )
         except redis.RedisError as exc:
-            _fail(f"redis unavailable: {type(exc).__name__}", 1)
+            _fail(f"redis unavailable: {_reason(exc)}", 1)
         except Exception as exc:  # kombu/celery connection errors have no common base
             if type(exc).__module__.startswith(("kombu", "celery", "amqp")):
-                _fail(f"broker unavailable: {type(exc).__name__}", 1)
+                _fail(f"broker unavailable: {_reason(exc)}", 1)
             raise
 
     wrapper.__name__ = fn.__name__

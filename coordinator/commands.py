@@ -207,7 +207,15 @@ def _prepare(
                     raise BadInput("--catch-up and --where cannot be combined")
                 where, drifted = catch_up_filter(conn, ctx, catch_up, backfill.table)
                 params.update(catch_up_of=catch_up, drifted_rows=drifted)
-            spec = resolve(conn, backfill, reference, where=where, chunk_size=chunk_size)
+            spec = resolve(
+                conn,
+                backfill,
+                reference,
+                where=where,
+                chunk_size=chunk_size,
+                project_phi=settings.phi_columns,
+                encryption_key=settings.encryption_key,
+            )
             run_id = ctx.ledger.create_run(
                 conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
             )

@@ -2,46 +2,98 @@
 
 Values are masked (``***`` + keyed hash) everywhere. ``--unmask`` reads the raw
 values from ``ferry.quarantine_values``, which only roles granted SELECT on it
-can read: the database decides who may unmask, and the export is audited.
+can read: the database decides who may unmask, and the export is audited. When
+the run's key column is classified PHI, row keys are masked the same way, and
+each exported row says whether its field is PHI. With FERRY_ENCRYPTION_KEY the
+raw values are stored encrypted and decrypted only by an unmasking export.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from coordinator.commands import Context
 from migrations.errors import CheckFailed
+from migrations.masking import MASK, mask_value
+from workers.encryption import unmasked_rows
+from workers.failures import describe
 from workers.ledger import q
+from workers.model import Run
 
 EXPORT_COLUMNS = ("run_id", "chunk_no", "row_key", "field", "rule_type", "message", "value")
 
 
 def summary(ctx: Context, run_id: int) -> dict[str, Any]:
     with ctx.db.transaction() as conn:
-        ctx.ledger.get_run(run_id, conn)
+        run = ctx.ledger.get_run(run_id, conn)
         rules = [dict(r) for r in conn.execute(q("quarantine_summary"), {"run_id": run_id})]
-    return {"run_id": run_id, "rows": sum(r["rows"] for r in rules), "rules": rules}
+    phi = _phi(run)
+    if run.spec.key in phi:
+        mask = key_masker(ctx)
+        for rule in rules:
+            rule["examples"] = [_mask_example(e, mask) for e in rule["examples"]]
+    for rule in rules:
+        rule["phi"] = rule["field"] in phi
+    return {"run_id": run_id, "rows": sum(r["rows"] for r in rules), "rules": rules, "phi": phi}
+
+
+def _phi(run: Run) -> list[str]:
+    """The run's PHI columns as stored with its spec (empty for runs before classification)."""
+    return list(run.spec.extra.get("phi", ()))
+
+
+def key_masker(ctx: Context) -> Callable[[Any], str]:
+    """Masks a PHI key as a value (``***`` + keyed hash). A role that may not read the
+    masking key (``ferry_monitor``: ``ferry.meta`` is withheld) gets bare ``***``."""
+    try:
+        secret = ctx.ledger.mask_key(ctx.settings.mask_key).encode()
+    except psycopg.Error:
+        return lambda value: MASK
+    return lambda value: mask_value(value, secret)
+
+
+def _mask_example(example: str, mask: Callable[[Any], str]) -> str:
+    """``row_key masked-value``: the key masked too (a PHI key), the value already is."""
+    row_key, _, value = example.rpartition(" ")
+    return f"{mask(row_key)} {value}"
 
 
 def export(ctx: Context, run_id: int, path: Path, *, unmask: bool = False) -> int:
     with ctx.db.transaction() as conn:
-        ctx.ledger.get_run(run_id, conn)
-        if unmask:
-            allowed = conn.execute(q("can_unmask")).fetchone()
-            if not allowed or not allowed["ok"]:
-                raise CheckFailed(
-                    f"{ctx.settings.actor} may not unmask quarantined values "
-                    "(needs SELECT on ferry.quarantine_values)"
-                )
-        query = q("quarantine_rows_unmasked" if unmask else "quarantine_rows")
+        run = ctx.ledger.get_run(run_id, conn)
+        allowed = conn.execute(q("can_unmask")).fetchone() if unmask else None
+    if unmask and (not allowed or not allowed["ok"]):
+        _audit_refusal(ctx, run_id, path)
+        raise CheckFailed(
+            f"{ctx.settings.actor} may not unmask quarantined values "
+            "(needs SELECT on ferry.quarantine_values)"
+        )
+    with ctx.db.transaction() as conn:
+        phi = _phi(run)
+        # A PHI key is masked like a value; only an unmasking export (the privilege checked
+        # above, audited below) shows raw keys and values.
+        mask_key = key_masker(ctx) if run.spec.key in phi and not unmask else None
+        query = unmasked_rows() if unmask else q("quarantine_rows")
+        try:
+            rows = conn.execute(query, {"run_id": run_id}).fetchall()
+        except psycopg.Error as exc:  # e.g. decrypting with a missing or wrong key
+            raise CheckFailed(f"cannot export run {run_id}: {describe(exc)}") from None
         written = 0
         with path.open("w", newline="") as fh:
             out = csv.writer(fh)
-            out.writerow(EXPORT_COLUMNS)
-            for row in conn.execute(query, {"run_id": run_id}):
-                out.writerow([run_id, *(row[c] for c in EXPORT_COLUMNS[1:])])
+            out.writerow((*EXPORT_COLUMNS, "phi"))
+            for row in rows:
+                values = dict(row)
+                if mask_key is not None:
+                    values["row_key"] = mask_key(values["row_key"])
+                out.writerow(
+                    [run_id, *(values[c] for c in EXPORT_COLUMNS[1:]), values["field"] in phi]
+                )
                 written += 1
         ctx.ledger.audit(
             conn,
@@ -51,6 +103,21 @@ def export(ctx: Context, run_id: int, path: Path, *, unmask: bool = False) -> in
             params={"rows": written, "unmask": unmask, "file": path.name},
         )
     return written
+
+
+def _audit_refusal(ctx: Context, run_id: int, path: Path) -> None:
+    """A refused attempt to unmask is recorded too, when the role may write the audit log."""
+    try:
+        with ctx.db.transaction() as conn:
+            ctx.ledger.audit(
+                conn,
+                actor=ctx.settings.actor,
+                action="quarantine_unmask_refused",
+                run_id=run_id,
+                params={"file": path.name},
+            )
+    except psycopg.Error:
+        pass  # a role without INSERT on the audit log: the refusal still stands
 
 
 def retry_quarantined(ctx: Context, run_id: int) -> dict[str, Any]:

@@ -61,6 +61,13 @@ def collect(ctx: Context, run_id: int) -> dict[str, Any]:
         ]
         now = datetime.now(UTC)
     spec = run.spec
+    phi = list(spec.extra.get("phi", ()))
+    if spec.key in phi:  # a PHI key: chunk boundaries are values too (migrations.classification)
+        mask = quarantine.key_masker(ctx)
+        for chunk in chunks:
+            for end_ in ("lo", "hi"):
+                if chunk[end_] is not None:
+                    chunk[end_] = mask(chunk[end_])
     launched = next((a for a in audit if a["action"] == "launch"), None)
     start = run.started_at or run.created_at
     end = run.finished_at or now
@@ -93,6 +100,7 @@ def collect(ctx: Context, run_id: int) -> dict[str, Any]:
             "chunk_size": spec.chunk_size,
             "where": mask_text(spec.where) if spec.where else None,
             "limits": run.params.get("limits"),
+            "phi": phi,
         },
         "rules": [r.to_dict() for r in spec.rules],
         "totals": {
@@ -307,6 +315,7 @@ def outline(data: Mapping[str, Any]) -> list[tuple[str, list[Block]]]:
         ("chunk size", spec["chunk_size"]),
         ("where (literals masked)", spec["where"] or "-"),
         ("limits", spec["limits"]),
+        ("PHI columns (values masked everywhere)", ", ".join(spec.get("phi", ())) or "-"),
     ]
     rules = [(i, *(r.get(c) for c in RULE_COLUMNS)) for i, r in enumerate(data["rules"])]
     durations = [charts.Bin(**b) for b in data["durations"]]

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from migrations.classification import phi_columns
 from migrations.errors import BadInput
 from migrations.identifiers import QualifiedName
 from migrations.spec import Backfill
@@ -22,6 +23,7 @@ from workers.catalog import (
     describe_table,
     expression_types,
 )
+from workers.encryption import fingerprint
 from workers.failures import describe
 from workers.model import RunSpec
 
@@ -35,6 +37,8 @@ def resolve(
     *,
     where: str | None = None,
     chunk_size: int | None = None,
+    project_phi: tuple[str, ...] = (),
+    encryption_key: str | None = None,
 ) -> RunSpec:
     name = QualifiedName.parse(backfill.table)
     info = describe_table(conn, name)
@@ -66,6 +70,17 @@ def resolve(
     size = chunk_size if chunk_size is not None else backfill.chunk_size
     if size < 1:
         raise BadInput("chunk size must be at least 1")
+    for column in backfill.phi:
+        if column not in info.columns:
+            raise BadInput(f"phi column {column} does not exist in {qualified}")
+    extra: dict[str, Any] = {"updated_at": backfill.updated_at} if backfill.updated_at else {}
+    phi = phi_columns(
+        backfill.phi, project_phi, schema=info.schema, table=info.name, columns=info.columns
+    )
+    if phi:
+        extra["phi"] = phi
+    if encryption_key:  # pre-images and raw quarantined values sealed (workers.encryption)
+        extra["encryption_fingerprint"] = fingerprint(encryption_key)
     spec = backfill.to_dict()
     return RunSpec(
         reference=reference,
@@ -84,7 +99,7 @@ def resolve(
         rules=tuple(backfill.rules),
         chunk_size=size,
         where=where,
-        extra={"updated_at": backfill.updated_at} if backfill.updated_at else {},
+        extra=extra,
     )
 
 

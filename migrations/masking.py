@@ -32,3 +32,21 @@ def mask_text(text: str) -> str:
     text = _DSN_PASSWORD.sub(r"\1***@", text)
     text = _QUOTED.sub(lambda m: m.group(0)[0] + MASK + m.group(0)[0], text)
     return _DETAIL.sub(")=(" + MASK + ")", text)
+
+
+_DIGITS = re.compile(r"\S*\d\S*")
+
+
+def mask_free_text(text: str) -> str:
+    """Mask a message written by code that does not quote values (pandas, the user's own).
+
+    ``unable to parse: 123-45-6789`` or ``Time data 1961/07/23 is not ...`` put a value
+    unquoted into the text, so beyond ``mask_text``: whatever follows the first ``: `` (the
+    conventional "what went wrong: the value" form) and every token holding a digit are
+    masked. The exception's type and the sentence's words remain to say what happened.
+    """
+    text = mask_text(text)
+    head, sep, tail = text.partition(": ")
+    if sep and tail.strip():
+        text = f"{head}: {MASK}"
+    return _DIGITS.sub(MASK, text)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from migrations.classification import check_columns as check_phi
 from migrations.errors import SpecError
 from migrations.identifiers import QualifiedName, check_expression, check_name
 from migrations.named import Step, parse_steps
@@ -135,12 +136,14 @@ class Backfill:
     chunk_size: int = 10_000
     where: str | None = None
     updated_at: str | None = None  # the application's last-modified column, for drift
+    phi: Sequence[str] = ()  # columns holding PHI (see migrations.classification)
     named: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         QualifiedName.parse(self.table)
         if self.updated_at is not None:
             check_name(self.updated_at, "updated_at column")
+        object.__setattr__(self, "phi", check_phi(self.phi))
         check_name(self.key, "key column")
         writes = tuple(self.writes)
         reads = tuple(self.reads)
@@ -198,6 +201,7 @@ class Backfill:
             "chunk_size": self.chunk_size,
             "where": self.where,
             "updated_at": self.updated_at,
+            "phi": list(self.phi),
         }
 
 

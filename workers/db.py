@@ -15,9 +15,10 @@ import psycopg
 import sqlalchemy as sa
 from psycopg.rows import DictRow, dict_row
 
+from workers.encryption import connect_options, fingerprint
 from workers.settings import Settings
 
-_ENGINES: dict[tuple[int, str], sa.Engine] = {}
+_ENGINES: dict[tuple[int, str, str], sa.Engine] = {}
 
 
 class Database:
@@ -25,7 +26,8 @@ class Database:
 
     def __init__(self, settings: Settings, *, pool_size: int = 3) -> None:
         url = settings.sqlalchemy_url()
-        key = (os.getpid(), url.render_as_string(hide_password=False))
+        secret = settings.encryption_key
+        key = (os.getpid(), url.render_as_string(hide_password=False), fingerprint(secret or ""))
         engine = _ENGINES.get(key)
         if engine is None:
             engine = sa.create_engine(
@@ -33,7 +35,12 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=4,
                 pool_pre_ping=True,
-                connect_args={"application_name": "ferry", "connect_timeout": 10},
+                connect_args={
+                    "application_name": "ferry",
+                    "connect_timeout": 10,
+                    # the encryption key (workers.encryption), after the URL's own options
+                    **connect_options(secret, _text(url.query.get("options"))),
+                },
             )
             _ENGINES[key] = engine
         self.engine = engine
@@ -63,3 +70,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _text(value: str | tuple[str, ...] | None) -> str | None:
+    return value[-1] if isinstance(value, tuple) else value

@@ -13,8 +13,14 @@ from typing import Any
 
 import psycopg
 
-from migrations.errors import ChunkError, PermanentChunkError, RuleFailure, TransientChunkError
-from migrations.masking import mask_text
+from migrations.errors import (
+    ChunkError,
+    FerryError,
+    PermanentChunkError,
+    RuleFailure,
+    TransientChunkError,
+)
+from migrations.masking import mask_free_text, mask_text
 
 __all__ = ["RuleFailure", "classify", "describe", "report"]
 
@@ -43,7 +49,10 @@ def describe(exc: BaseException) -> str:
         ]
         where = f" ({', '.join(names)})" if names else ""
         return f"{code} {type(exc).__name__}: {primary}{where}"
-    text = mask_text(str(exc).splitlines()[0] if str(exc) else "")
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    # Ferry's own messages hold no values; anything else (pandas, the user's transform or
+    # rule) may put one unquoted into its text.
+    text = mask_text(first) if isinstance(exc, FerryError) else mask_free_text(first)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -1,9 +1,10 @@
 """Rolling a chunk back: its pre-images written back in one transaction.
 
 Pre-images live in the run's backup table with the columns' own types, so
-the restored bytes are the original bytes. The chunk's ledger row is locked
-first and marked rolled_back in the same transaction, which makes a restore
-safe to deliver twice.
+the restored bytes are the original bytes (an encrypted run's are decrypted and
+cast back to those types in the restore statement: ``workers.encryption``).
+The chunk's ledger row is locked first and marked rolled_back in the same
+transaction, which makes a restore safe to deliver twice.
 """
 
 from __future__ import annotations

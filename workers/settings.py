@@ -9,13 +9,15 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from migrations.classification import parse_setting as parse_phi_setting
 from migrations.errors import BadInput
+from workers.encryption import check_key
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -38,6 +40,8 @@ class Settings:
     visibility_timeout: int = 900
     mask_key: str | None = None
     worker_memory_mb: int | None = None
+    phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
+    encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -48,6 +52,8 @@ class Settings:
             "actor": env.get("FERRY_ACTOR") or _os_user(),
             "queue": env.get("FERRY_QUEUE") or "ferry",
             "mask_key": env.get("FERRY_MASK_KEY") or None,
+            "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
+            "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
         }
         numeric = {
             "lease_seconds": ("FERRY_LEASE_SECONDS", float),

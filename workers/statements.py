@@ -14,6 +14,9 @@ change into the run's backup table and updates exactly those rows, found
 again by (tableoid, ctid). The chunk's rows are locked before it reads them
 (``lock_rows``), so the version read is the version updated; the pre-images
 come from the update's own RETURNING, so every pre-image is of a row written.
+A run launched with FERRY_ENCRYPTION_KEY seals its pre-images and raw quarantined
+values in that same statement (``workers.encryption``); without a key the
+statements are exactly what they were.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from psycopg import sql
 
 from migrations.spec import ValidationRule
 from workers.catalog import type_sql
+from workers.encryption import key_expr, run_fingerprint, seal, seal_text, unseal
 from workers.model import RunSpec
 from workers.rules import fixed_value, passes
 
@@ -78,6 +82,8 @@ class Statements:
         self.where = sql.SQL("({})").format(sql.SQL(spec.where)) if spec.where else sql.SQL("TRUE")
         self.backup = backup_table(run_id)
         self.input = input_table(run_id)
+        # Encrypted at rest (workers.encryption) when the run was launched with a key.
+        self.sealed = run_fingerprint(spec.extra)
 
     # -- planning -------------------------------------------------------------------------
     def boundary(self, after: str | None, skip: int) -> sql.Composed:
@@ -129,6 +135,10 @@ class Statements:
 
     def create_backup(self) -> sql.Composed:
         cols = sql.SQL(", ").join([self.key, *self.writes])
+        if self.sealed:  # the written columns hold ciphertext
+            cols = sql.SQL(", ").join(
+                [self.key, *(sql.SQL("NULL::bytea AS {c}").format(c=c) for c in self.writes)]
+            )
         return sql.SQL(
             "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} WITH NO DATA; "
             "CREATE INDEX ON {b} USING brin (chunk_no) WITH (pages_per_range = 16)"
@@ -224,7 +234,7 @@ written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
             RETURNING changed.{k} AS {k}, {changed_olds}),
 saved AS (INSERT INTO {backup} (chunk_no, {k}, {news})
-          SELECT {chunk_no}, {k}, {olds} FROM written RETURNING 1)
+          SELECT {chunk_no}, {k}, {saved_olds} FROM written RETURNING 1)
 SELECT (SELECT count(*) FROM cand) AS rows_read,
        (SELECT count(*) FROM changed) AS rows_changed,
        (SELECT count(*) FROM saved) AS rows_written,"""
@@ -245,6 +255,7 @@ SELECT (SELECT count(*) FROM cand) AS rows_read,
             ),
             "chunk_no": sql.Literal(int(args.chunk_no)),
             "cand": candidates,
+            "saved_olds": self._saved_olds(),
         }
         if not self.spec.rules:
             # The common case: no rule CTEs to materialize and scan.
@@ -294,7 +305,7 @@ quarantined AS (
   RETURNING id, row_key),
 raw_values AS (
   INSERT INTO ferry.quarantine_values (quarantine_id, value)
-  SELECT q.id, {masked} FROM quarantined q JOIN judged j ON j.{k}::text = q.row_key
+  SELECT q.id, {raw} FROM quarantined q JOIN judged j ON j.{k}::text = q.row_key
   RETURNING 1),
 {tail}
        (SELECT count(*) FROM quarantined) AS rows_quarantined,
@@ -318,13 +329,37 @@ raw_values AS (
             w=WARN,
             rule_rows=_rule_values(rules),
             masked=_masked_value(errors),
+            raw=(
+                seal_text(_masked_value(errors), key_expr(self.sealed))
+                if self.sealed
+                else _masked_value(errors)
+            ),
             run_id=sql.Literal(int(args.run_id)),
             mask_key=sql.Literal(args.mask_key),
             **parts,
         )
 
+    def _saved_olds(self) -> sql.Composable:
+        """The pre-images as the backup table holds them: native, or sealed."""
+        olds = [_old(i) for i in range(len(self.writes))]
+        if not self.sealed:
+            return sql.SQL(", ").join(olds)
+        key = key_expr(self.sealed)
+        return sql.SQL(", ").join(seal(o, key) for o in olds)
+
     def restore(self, chunk_no: int) -> sql.Composed:
         sets = sql.SQL(", ").join(sql.SQL("{c} = b.{c}").format(c=c) for c in self.writes)
+        if self.sealed:
+            key = key_expr(self.sealed)
+            sets = sql.SQL(", ").join(
+                sql.SQL("{c} = {v}").format(
+                    c=c,
+                    v=unseal(
+                        sql.SQL("b.{c}").format(c=c), key, type_sql(self.spec.column_types[name])
+                    ),
+                )
+                for name, c in zip(self.spec.writes, self.writes, strict=True)
+            )
         return sql.SQL(
             "WITH restored AS (UPDATE {t} AS t SET {sets} FROM {b} AS b "
             "WHERE b.chunk_no = {n} AND t.{k} = b.{k} RETURNING 1) "
