@@ -11,6 +11,7 @@ some other column of a row in the range (a storm under a real OLTP load).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -101,7 +102,10 @@ class ChunkExecutor:
             try:
                 result = self._apply_in_transaction(conn, ctx, chunk_no)
             except BaseException as exc:
-                conn.rollback()
+                # On a lost connection the rollback fails too: keep the real error, which
+                # says the chunk is worth retrying.
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
                 if not isinstance(exc, FerryError | psycopg.Error):
                     raise
                 err = classify(exc)

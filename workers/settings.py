@@ -33,7 +33,9 @@ class Settings:
     stall_seconds: float = 90.0
     lock_timeout_ms: int = 500
     statement_timeout_ms: int = 30_000
-    idle_in_transaction_timeout_ms: int = 60_000
+    # A chunk transaction left idle (its worker cut off mid-chunk) ends after this, freeing its
+    # locks so the sweeper can re-queue the chunk; None: the lease. FERRY_IDLE_TIMEOUT_MS.
+    idle_timeout_ms: int | None = None
     max_attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -66,6 +68,7 @@ class Settings:
             "backoff_max": ("FERRY_BACKOFF_MAX", float),
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
             "worker_memory_mb": ("FERRY_WORKER_MEMORY_MB", int),
+            "idle_timeout_ms": ("FERRY_IDLE_TIMEOUT_MS", int),
         }
         for attr, (name, kind) in numeric.items():
             raw = env.get(name)
@@ -76,6 +79,19 @@ class Settings:
                     raise BadInput(f"{name} must be a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def idle_in_transaction_timeout_ms(self) -> int:
+        """How long a chunk transaction may sit idle: by default the lease, and at least 1 s.
+
+        A worker cut off the network mid-chunk leaves its session idle in transaction, holding
+        the chunk's ledger row and the rows' locks; the sweeper skips locked chunks, so until
+        PostgreSQL ends that session nobody can re-run the chunk (and the application waits on
+        its rows). Tying the two means a lost worker's chunk runs again about a lease later.
+        """
+        if self.idle_timeout_ms:
+            return self.idle_timeout_ms
+        return max(1000, int(self.lease_seconds * 1000))
 
     def evolve(self, **changes: Any) -> Settings:
         return replace(self, **changes)
