@@ -445,7 +445,8 @@ def test_a_run_works_with_the_least_privilege_roles(
                     ferry("audit", "list", "--run", str(run_id), "--json", env=env).stdout
                 )
             ]
-            assert actions == ["launch", "verify", "rollback"]  # a refused unmask changed nothing
+            # A refused unmask is audited, and changed nothing else.
+            assert actions == ["launch", "verify", "quarantine_unmask_refused", "rollback"]
             assert ferry("audit", "verify", env=env).returncode == 0
         finally:
             pool.stop_all()
