@@ -24,13 +24,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from workers.command import worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "10.231"
@@ -321,25 +322,13 @@ class HostWorkers:
         key = f"{host.name}-{name}"
         path = self.log_dir / f"{key}.log"
         offset = path.stat().st_size if path.exists() else 0
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-n",
-            f"{name}@%h",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-Q",
+        argv = worker_command(
+            name,
             self.env["FERRY_QUEUE"],
-        ]
+            concurrency=concurrency,
+            loglevel="INFO",
+            extra=["--without-heartbeat"],
+        )
         with open(path, "ab") as log:
             proc = subprocess.Popen(
                 self.cluster.command(host, argv),
