@@ -471,6 +471,7 @@ _register_demo()
 
 def _register_report() -> None:
     from coordinator import report as run_report
+    from coordinator import report_render
 
     @main.command(name="report")
     @click.argument("run_id", type=int)
@@ -493,7 +494,7 @@ def _register_report() -> None:
             _fail("give --html FILE, --md FILE or both", 2)
         with _context(obj) as ctx:
             data = run_report.collect(ctx, run_id)
-        for path, text in ((html_to, run_report.to_html), (md_to, run_report.to_markdown)):
+        for path, text in ((html_to, report_render.to_html), (md_to, report_render.to_markdown)):
             if path is not None:
                 path.write_text(text(data), encoding="utf-8")
                 click.echo(f"run {run_id}: report written to {path}")
