@@ -66,11 +66,12 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     rt = runtime(self.request.hostname)
     spec = rt.executor.context(run_id).spec
     holder = f"{rt.worker}:{chunk_no}"
-    if _settled(rt, run_id, chunk_no):
-        # A redelivery or duplicate of a finished chunk: no throttle wait, no claim.
+    decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
+    if decision.kind == "wait" and _settled(rt, run_id, chunk_no):
+        # A redelivery or duplicate of a finished chunk must not wait out the throttle; asked
+        # only here, so a chunk that may go pays no extra query (its claim finds it done).
         chunk_outcome(run_id, "noop")
         return {"run": run_id, "chunk": chunk_no, "outcome": "noop"}
-    decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
     if decision.kind in ("wait", "defer"):
         throttled(run_id, decision.kind, decision.reason)
     if decision.kind == "wait":
