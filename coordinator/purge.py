@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.errors import BadInput, CheckFailed
-from workers.statements import backup_table
+from workers.statements import Statements, backup_table
 
 if TYPE_CHECKING:
     from coordinator.commands import Context
@@ -126,7 +126,8 @@ def _purge_run(
         ).fetchone()
         backup_rows = 0
         if exists and exists["e"]:
-            count = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(backup)).fetchone()
+            statements = Statements(ctx.ledger.get_run(run_id, conn).spec, run_id)
+            count = conn.execute(statements.count_pre_images()).fetchone()
             backup_rows = int(count["n"]) if count else 0
             conn.execute(sql.SQL("DROP TABLE {}").format(backup))
         deleted = conn.execute(_DROP_QUARANTINE, {"run_id": run_id}).rowcount

@@ -26,6 +26,23 @@ def fingerprint(conn: psycopg.Connection[Any], table: str, key: str = "id") -> s
     return str(row[0])
 
 
+def pre_image_counts(conn: psycopg.Connection[Any], run_id: int) -> tuple[int, int]:
+    """(pre-images, distinct keys among them) of a run, read through its own layout."""
+    from workers.model import RunSpec
+    from workers.statements import Statements
+
+    row = conn.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+    assert row is not None
+    st = Statements(RunSpec.from_dict(row[0]), run_id)
+    counts = conn.execute(
+        sql.SQL("SELECT count(*), count(DISTINCT b.{k}) FROM {p} AS b").format(
+            k=st.key, p=st.pre_images()
+        )
+    ).fetchone()
+    assert counts is not None
+    return int(counts[0]), int(counts[1])
+
+
 def spec_file(tmp_path: Path, body: str, name: str = "spec.py") -> Path:
     path = tmp_path / name
     path.write_text(

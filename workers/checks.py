@@ -26,7 +26,7 @@ class Checks:
         return self.st.count_range(whole)
 
     def backup_rows(self) -> sql.Composed:
-        return sql.SQL("SELECT count(*) AS n FROM {b}").format(b=self.st.backup)
+        return self.st.count_pre_images()
 
     def sample_keys(self, whole: KeyRange, percent: float, limit: int) -> sql.Composed:
         """Random keys of the run's rows, quarantined ones left out."""
@@ -44,8 +44,8 @@ class Checks:
 
     def recomputed_keys(self) -> sql.Composed:
         """Keys a verification dry run (chunk -1) would have changed: their pre-images."""
-        return sql.SQL("SELECT {k}::text AS k FROM {b} WHERE chunk_no = -1 ORDER BY 1").format(
-            k=self.st.key, b=self.st.backup
+        return sql.SQL("SELECT b.{k}::text AS k FROM {b} AS b ORDER BY 1").format(
+            k=self.st.key, b=self.st.pre_images(-1)
         )
 
     def checksum(self, keys: list[str]) -> sql.Composed:

@@ -17,6 +17,14 @@ come from the update's own RETURNING, so every pre-image is of a row written.
 A run launched with FERRY_ENCRYPTION_KEY seals its pre-images and raw quarantined
 values in that same statement (``workers.encryption``); without a key the
 statements are exactly what they were.
+
+Pre-images are kept in one of two layouts, chosen at launch and stored in the
+spec (``extra["pre_images"]``) so every worker writes what the run began with:
+``packed``, one row per chunk holding arrays of keys and old values (one TOASTed
+insert a chunk instead of ten thousand row inserts: a third of the chunk's WAL
+records gone), or ``rows``, one row per key, for runs whose chunk of pre-images
+would be too large for one value, and for runs started before packing existed.
+``pre_images()`` reads either as one row per key.
 """
 
 from __future__ import annotations
@@ -46,6 +54,16 @@ def backup_table(run_id: int) -> sql.Identifier:
 
 def input_table(run_id: int) -> sql.Identifier:
     return sql.Identifier(f"ferry_input_{int(run_id)}")
+
+
+# A chunk's pre-images are packed into one row while they stay well under the 1 GB a value
+# may hold (and the memory array_agg builds them in): launch picks the layout from a sample.
+PACKED_LIMIT_BYTES = 64 * 2**20
+
+
+def pre_image_layout(bytes_per_row: float, chunk_size: int) -> str:
+    """``packed`` when a whole chunk of pre-images fits comfortably in one value."""
+    return "packed" if bytes_per_row * chunk_size <= PACKED_LIMIT_BYTES else "rows"
 
 
 def _old(i: int) -> sql.Identifier:
@@ -84,6 +102,7 @@ class Statements:
         self.input = input_table(run_id)
         # Encrypted at rest (workers.encryption) when the run was launched with a key.
         self.sealed = run_fingerprint(spec.extra)
+        self.packed = spec.extra.get("pre_images") == "packed"
 
     # -- planning -------------------------------------------------------------------------
     def boundary(self, after: str | None, skip: int) -> sql.Composed:
@@ -134,15 +153,52 @@ class Statements:
         )
 
     def create_backup(self) -> sql.Composed:
-        cols = sql.SQL(", ").join([self.key, *self.writes])
-        if self.sealed:  # the written columns hold ciphertext
-            cols = sql.SQL(", ").join(
-                [self.key, *(sql.SQL("NULL::bytea AS {c}").format(c=c) for c in self.writes)]
-            )
+        def typed(c: sql.Identifier, sealed: bool) -> sql.Composable:
+            if self.packed:
+                return (
+                    sql.SQL("NULL::bytea[] AS {c}") if sealed else sql.SQL("ARRAY[t.{c}] AS {c}")
+                ).format(c=c)
+            return (sql.SQL("NULL::bytea AS {c}") if sealed else sql.SQL("t.{c}")).format(c=c)
+
+        # Sealed runs keep ciphertext in the written columns; the key stays in clear.
+        cols = sql.SQL(", ").join(
+            [typed(self.key, False), *(typed(c, bool(self.sealed)) for c in self.writes)]
+        )
+        index = (
+            sql.SQL("CREATE INDEX ON {b} (chunk_no)")
+            if self.packed
+            else sql.SQL("CREATE INDEX ON {b} USING brin (chunk_no) WITH (pages_per_range = 16)")
+        ).format(b=self.backup)
         return sql.SQL(
-            "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} WITH NO DATA; "
-            "CREATE INDEX ON {b} USING brin (chunk_no) WITH (pages_per_range = 16)"
-        ).format(b=self.backup, cols=cols, t=self.table)
+            "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} AS t "
+            "WITH NO DATA; {index}"
+        ).format(b=self.backup, cols=cols, t=self.table, index=index)
+
+    def pre_images(self, chunk_no: int | None = None) -> sql.Composable:
+        """The run's pre-images (of one chunk, or all) as rows: chunk_no, key, written columns."""
+        which: sql.Composable = (
+            sql.SQL("TRUE")
+            if chunk_no is None
+            else sql.SQL("p.chunk_no = {n}").format(n=sql.Literal(int(chunk_no)))
+        )
+        if not self.packed:
+            return sql.SQL("(SELECT * FROM {b} AS p WHERE {w})").format(b=self.backup, w=which)
+        cols = [self.key, *self.writes]
+        return sql.SQL(
+            "(SELECT p.chunk_no, u.* FROM {b} AS p, unnest({arrays}) AS u({cols}) WHERE {w})"
+        ).format(
+            b=self.backup,
+            arrays=sql.SQL(", ").join(sql.SQL("p.{}").format(c) for c in cols),
+            cols=sql.SQL(", ").join(cols),
+            w=which,
+        )
+
+    def count_pre_images(self) -> sql.Composed:
+        if self.packed:
+            return sql.SQL("SELECT coalesce(sum(cardinality({k})), 0) AS n FROM {b}").format(
+                k=self.key, b=self.backup
+            )
+        return sql.SQL("SELECT count(*) AS n FROM {b}").format(b=self.backup)
 
     # -- applying ---------------------------------------------------------------------------
     def in_range(self, r: KeyRange) -> sql.Composable:
@@ -233,11 +289,10 @@ class Statements:
 written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
             RETURNING changed.{k} AS {k}, {changed_olds}),
-saved AS (INSERT INTO {backup} (chunk_no, {k}, {news})
-          SELECT {chunk_no}, {k}, {saved_olds} FROM written RETURNING 1)
+{saved}
 SELECT (SELECT count(*) FROM cand) AS rows_read,
        (SELECT count(*) FROM changed) AS rows_changed,
-       (SELECT count(*) FROM saved) AS rows_written,"""
+       {saved_count} AS rows_written,"""
         )
         parts = {
             "olds": olds,
@@ -255,7 +310,7 @@ SELECT (SELECT count(*) FROM cand) AS rows_read,
             ),
             "chunk_no": sql.Literal(int(args.chunk_no)),
             "cand": candidates,
-            "saved_olds": self._saved_olds(),
+            **self._save(args.chunk_no),
         }
         if not self.spec.rules:
             # The common case: no rule CTEs to materialize and scan.
@@ -339,13 +394,38 @@ raw_values AS (
             **parts,
         )
 
-    def _saved_olds(self) -> sql.Composable:
-        """The pre-images as the backup table holds them: native, or sealed."""
-        olds = [_old(i) for i in range(len(self.writes))]
-        if not self.sealed:
-            return sql.SQL(", ").join(olds)
-        key = key_expr(self.sealed)
-        return sql.SQL(", ").join(seal(o, key) for o in olds)
+    def _save(self, chunk_no: int) -> dict[str, sql.Composable]:
+        """The CTE that saves the pre-images of the rows ``written`` returns, and their count."""
+        olds: list[sql.Composable] = [_old(i) for i in range(len(self.writes))]
+        if self.sealed:
+            key = key_expr(self.sealed)
+            olds = [seal(o, key) for o in olds]
+        values: list[sql.Composable] = [self.key, *olds]
+        parts = {
+            "b": self.backup,
+            "n": sql.Literal(int(chunk_no)),
+            "cols": sql.SQL(", ").join([self.key, *self.writes]),
+        }
+        if not self.packed:
+            return {
+                "saved": sql.SQL(
+                    "saved AS (INSERT INTO {b} (chunk_no, {cols}) "
+                    "SELECT {n}, {values} FROM written RETURNING 1)"
+                ).format(values=sql.SQL(", ").join(values), **parts),
+                "saved_count": sql.SQL("(SELECT count(*) FROM saved)"),
+            }
+        # Aggregates of one query level see the rows in one order: the arrays line up.
+        return {
+            "saved": sql.SQL(
+                "saved AS (INSERT INTO {b} (chunk_no, {cols}) SELECT {n}, {aggs} FROM written "
+                "HAVING count(*) > 0 RETURNING cardinality({k}) AS n)"
+            ).format(
+                aggs=sql.SQL(", ").join(sql.SQL("array_agg({})").format(v) for v in values),
+                k=self.key,
+                **parts,
+            ),
+            "saved_count": sql.SQL("(SELECT coalesce(sum(n), 0) FROM saved)::bigint"),
+        }
 
     def restore(self, chunk_no: int) -> sql.Composed:
         sets = sql.SQL(", ").join(sql.SQL("{c} = b.{c}").format(c=c) for c in self.writes)
@@ -362,9 +442,9 @@ raw_values AS (
             )
         return sql.SQL(
             "WITH restored AS (UPDATE {t} AS t SET {sets} FROM {b} AS b "
-            "WHERE b.chunk_no = {n} AND t.{k} = b.{k} RETURNING 1) "
+            "WHERE t.{k} = b.{k} RETURNING 1) "
             "SELECT count(*) AS rows FROM restored"
-        ).format(t=self.table, sets=sets, b=self.backup, k=self.key, n=sql.Literal(int(chunk_no)))
+        ).format(t=self.table, sets=sets, b=self.pre_images(chunk_no), k=self.key)
 
 
 def _passes(rule: ValidationRule) -> sql.Composable:

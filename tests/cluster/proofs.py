@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from tests.helpers import fingerprint
+from tests.helpers import fingerprint, pre_image_counts
 
 Conn = psycopg.Connection[Any]
 
@@ -25,9 +25,7 @@ def exactly_once(db: Conn, table: str, run_id: int, expected: str, rows: int) ->
         "FROM ferry.chunks WHERE run_id = %s",
         (run_id,),
     ).fetchone()
-    backups = db.execute(
-        f"SELECT count(*), count(DISTINCT id) FROM ferry.backup_{int(run_id)}"
-    ).fetchone()
+    backups = pre_image_counts(db, run_id)
     assert ledger is not None and ledger[0] == rows and ledger[2] == 0, ledger
     assert backups == (ledger[1], ledger[1]), (backups, ledger)
 
@@ -52,7 +50,7 @@ def ledger_snapshot(db: Conn, run_id: int) -> list[tuple[Any, ...]]:
     run = db.execute(
         "SELECT status, finished_at FROM ferry.runs WHERE id = %s", (run_id,)
     ).fetchall()
-    images = db.execute(f"SELECT count(*) FROM ferry.backup_{int(run_id)}").fetchall()
+    images = [pre_image_counts(db, run_id)]
     return [*chunks, *run, *images]
 
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     chunk_counts,
     fingerprint,
     launch,
+    pre_image_counts,
     prepare_reference,
     slow_spec,
     wait_run,
@@ -46,9 +47,7 @@ def _exactly_once(
         "FROM ferry.chunks WHERE run_id = %s",
         (run_id,),
     ).fetchone()
-    backups = db.execute(
-        f"SELECT count(*), count(DISTINCT id) FROM ferry.backup_{run_id}"
-    ).fetchone()
+    backups = pre_image_counts(db, run_id)
     assert ledger is not None and ledger[0] == rows and ledger[2] == 0
     assert backups == (ledger[1], ledger[1])
     rolled = ferry("rollback", str(run_id), "--wait", env=env)

@@ -18,6 +18,7 @@ from tests.helpers import (
     fingerprint,
     launch,
     make_numbers_table,
+    pre_image_counts,
     spec_file,
     wait_run,
 )
@@ -75,10 +76,7 @@ def test_100k_rows_equal_single_statement(
     ).fetchone()
     assert unchanged is not None
     assert counts[2] == 100_000 - unchanged[0]
-    backups = db.execute(
-        f"SELECT count(*), count(DISTINCT id) FROM ferry.backup_{run_id}"
-    ).fetchone()
-    assert backups == (counts[2], counts[2])
+    assert pre_image_counts(db, run_id) == (counts[2], counts[2])
 
     status = ferry("status", str(run_id), "--json", env=env)
     assert status.returncode == 0, status.stderr
@@ -321,10 +319,8 @@ k = Backfill(table="killme", key="id", reads=["a", "b", "name"], writes=["score"
         assert wait_run(db, run_id, timeout=120) == "completed"
         assert time.monotonic() - killed_at < 60
         assert fingerprint(db, "killme") == expected
-        dup = db.execute(
-            f"SELECT count(*) - count(DISTINCT id) FROM ferry.backup_{run_id}"
-        ).fetchone()
-        assert dup == (0,)
+        saved, keys = pre_image_counts(db, run_id)
+        assert saved == keys
         counts = db.execute(
             "SELECT sum(rows_read), max(attempts) FROM ferry.chunks WHERE run_id = %s", (run_id,)
         ).fetchone()
@@ -371,3 +367,39 @@ b = Backfill(table="named_dob", key="id", reads=["dob_text"], writes=["dob"],
     stored = db.execute("SELECT spec->'transform' FROM ferry.runs WHERE id = %s", (run_id,))
     (transform,) = stored.fetchone() or (None,)
     assert transform["named"][0]["name"] == "standardize_dates"
+
+
+WIDE_SPEC = """
+wide = Backfill(table="{table}", key="id", reads=["doc"], writes=["doc"],
+                sql={{"doc": "upper(doc)"}}, chunk_size=10000)
+"""
+
+
+@pytest.mark.parametrize(("width", "layout"), [(40, "packed"), (24_000, "rows")])
+def test_pre_image_layout_follows_the_width_of_a_chunk(
+    width: int, layout: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Narrow pre-images are packed a row per chunk; ones too wide for one value (10,000 rows
+    of ~12 kB) are kept a row per key. Either way a rollback restores every byte."""
+    table = f"wide_{layout}"
+    db.execute(f"DROP TABLE IF EXISTS {table}")
+    db.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, doc text)")
+    # md5 hex is hard to compress, so the stored width is close to the text's
+    db.execute(
+        f"INSERT INTO {table} SELECT g, (SELECT string_agg(md5(g::text || '.' || i), '') "
+        "FROM generate_series(1, %s) AS i) FROM generate_series(1, 1500) AS g",
+        (width // 32,),
+    )
+    before = fingerprint(db, table)
+    path = spec_file(tmp_path, WIDE_SPEC.format(table=table))
+    run_id = launch(env, f"{path}:wide")
+    assert wait_run(db, run_id) == "completed"
+    spec = db.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+    assert spec is not None and spec[0]["extra"]["pre_images"] == layout
+    assert pre_image_counts(db, run_id) == (1500, 1500)
+    stored = db.execute(f"SELECT count(*) FROM ferry.backup_{run_id}").fetchone()
+    assert stored == ((1,) if layout == "packed" else (1500,))
+    assert db.execute(f"SELECT count(*) FROM {table} WHERE doc <> upper(doc)").fetchone() == (0,)
+    rolled = ferry("rollback", str(run_id), "--wait", env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert fingerprint(db, table) == before

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import WorkerPool, ferry
-from tests.helpers import fingerprint, launch, spec_file, wait_run
+from tests.helpers import fingerprint, launch, pre_image_counts, spec_file, wait_run
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 OTHER_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -87,16 +87,17 @@ def test_encrypted_pre_images_and_quarantine_restore_exactly(
         ).fetchall()
     )
     written = ("name", "weight_kg", "born", "extra", "ratio", "seen")
-    assert {types[c] for c in written} == {"bytea"} and types["id"] == "integer"
-    saved = db.execute(f"SELECT count(*) FROM ferry.backup_{run_id}").fetchone()
-    assert saved is not None and saved[0] > 0
+    # packed: one row a chunk, arrays of keys and of sealed values
+    assert {types[c] for c in written} == {"bytea[]"} and types["id"] == "integer[]"
+    assert pre_image_counts(db, run_id)[0] > 0
     dump = "\n".join(
         str(r[0]) for r in db.execute(f"SELECT b::text FROM ferry.backup_{run_id} AS b")
     )
     dump += "\n".join(
         bytes(v).decode("latin-1")
         for r in db.execute(f"SELECT name, born, extra FROM ferry.backup_{run_id}")
-        for v in r
+        for values in r
+        for v in values
         if v is not None
     )
     for needle in (*NAMES, "MRN-", "1940-", "2020-01"):
@@ -175,4 +176,4 @@ def test_a_worker_without_the_key_writes_nothing(
     }
     assert errors and all("set FERRY_ENCRYPTION_KEY" in e for e in errors), errors
     assert fingerprint(db, "enc_pat") == before
-    assert db.execute(f"SELECT count(*) FROM ferry.backup_{run_id}").fetchone() == (0,)
+    assert pre_image_counts(db, run_id) == (0, 0)
