@@ -23,7 +23,7 @@ from coordinator.resolve import resolve
 from coordinator.roles import create_roles
 from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
-from workers.catalog import average_row_bytes, data_directory, sample_size_bytes
+from workers.catalog import average_row_bytes, data_directory, has_lz4, sample_size_bytes
 from workers.celery_app import make_app
 from workers.db import Database
 from workers.dispatch import Dispatcher
@@ -220,7 +220,7 @@ def _prepare(
                 conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
             )
             statements = Statements(spec, run_id)
-            conn.execute(statements.create_backup())
+            conn.execute(statements.create_backup(lz4=has_lz4(conn)))
             conn.execute(
                 q("register_backup"),
                 {"run_id": run_id, "table_name": f"backup_{run_id}", "columns": list(spec.writes)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pglast import parser
 
@@ -115,10 +116,19 @@ def check_expression(
         or select.get("op") != "SETOP_NONE"
         or len(select.get("targetList", [])) != 1
         or "name" in select["targetList"][0]["ResTarget"]
+        or _expands(select["targetList"][0]["ResTarget"].get("val", {}))
     ):
         raise ExpressionError(f"{what} is not exactly one SQL expression")
     _refuse_side_effects(select["targetList"][0], what, side_effects_ok)
     return text
+
+
+def _expands(value: dict[str, Any]) -> bool:
+    """``*``, ``t.*`` or ``(t).*``: one item of a select list, but many columns, and not an
+    expression anywhere else (``WHERE (*)`` does not parse)."""
+    ref = value.get("ColumnRef") or {}
+    fields = ref.get("fields") or (value.get("A_Indirection") or {}).get("indirection") or []
+    return bool(fields) and "A_Star" in fields[-1]
 
 
 def _refuse_side_effects(tree: object, what: str, functions_ok: bool) -> None:

@@ -152,7 +152,7 @@ class Statements:
             t=self.table, r=self.in_range(r)
         )
 
-    def create_backup(self) -> sql.Composed:
+    def create_backup(self, lz4: bool = False) -> sql.Composed:
         def typed(c: sql.Identifier, sealed: bool) -> sql.Composable:
             if self.packed:
                 return (
@@ -169,10 +169,19 @@ class Statements:
             if self.packed
             else sql.SQL("CREATE INDEX ON {b} USING brin (chunk_no) WITH (pages_per_range = 16)")
         ).format(b=self.backup)
+        compress: sql.Composable = sql.SQL("")
+        if self.packed and lz4:
+            compress = sql.SQL("; ALTER TABLE {b} {cols}").format(
+                b=self.backup,
+                cols=sql.SQL(", ").join(
+                    sql.SQL("ALTER COLUMN {} SET COMPRESSION lz4").format(c)
+                    for c in [self.key, *self.writes]
+                ),
+            )
         return sql.SQL(
             "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} AS t "
-            "WITH NO DATA; {index}"
-        ).format(b=self.backup, cols=cols, t=self.table, index=index)
+            "WITH NO DATA; {index}{compress}"
+        ).format(b=self.backup, cols=cols, t=self.table, index=index, compress=compress)
 
     def pre_images(self, chunk_no: int | None = None) -> sql.Composable:
         """The run's pre-images (of one chunk, or all) as rows: chunk_no, key, written columns."""

@@ -399,6 +399,16 @@ def test_pre_image_layout_follows_the_width_of_a_chunk(
     assert pre_image_counts(db, run_id) == (1500, 1500)
     stored = db.execute(f"SELECT count(*) FROM ferry.backup_{run_id}").fetchone()
     assert stored == ((1,) if layout == "packed" else (1500,))
+    # a packed chunk is one large value: compressed with lz4 where the server has it
+    methods = db.execute(
+        "SELECT DISTINCT attcompression::text FROM pg_attribute WHERE attrelid = %s::regclass "
+        "AND attname IN ('id', 'doc')",
+        (f"ferry.backup_{run_id}",),
+    ).fetchall()
+    lz4 = db.execute(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    ).fetchone()
+    assert methods == [("l",) if layout == "packed" and lz4 == (True,) else ("",)]
     assert db.execute(f"SELECT count(*) FROM {table} WHERE doc <> upper(doc)").fetchone() == (0,)
     rolled = ferry("rollback", str(run_id), "--wait", env=env)
     assert rolled.returncode == 0, rolled.stderr
