@@ -39,3 +39,18 @@ def test_empty() -> None:
 def test_json_values_are_dumped() -> None:
     frame = pd.DataFrame({"k": ["1"], "j": [{"a": [1, "x"]}]})
     assert write_copy(frame, ["k", "j"]) == b'1\t{"a": [1, "x"]}\n'
+
+
+def test_numbers_typed_by_the_parser_equal_text_then_to_numeric() -> None:
+    """Numeric columns are typed by the CSV parser itself: the same values, to the bit, as
+    reading them as text and converting them one column at a time."""
+    types = {"k": "bigint", "f": "double precision", "s": "text"}
+    rows = b"9223372036854775807\t0.30000000000000004\ta\\tb\n-9223372036854775808\t\\N\t\\N\n"
+    fast = read_copy(rows, ["k", "f", "s"], types)
+    assert fast["k"].dtype == "Int64" and fast["f"].dtype == "float64"
+    assert fast["k"].tolist() == [2**63 - 1, -(2**63)]
+    assert fast["f"][0] == 0.1 + 0.2 and pd.isna(fast["f"][1])
+    assert fast["s"][0] == "a\tb" and pd.isna(fast["s"][1])
+    as_text = read_copy(rows, ["k", "f", "s"], {"k": "bigint", "f": "text", "s": "text"})
+    slow = as_text.assign(f=pd.to_numeric(as_text["f"]))
+    assert slow["k"].tolist() == fast["k"].tolist() and slow["f"][0] == fast["f"][0]
