@@ -70,4 +70,4 @@ def follow(ctx: Any, run_id: int) -> str:
         _, _, status, done = poll()
         if done:
             return str(status)
-        time.sleep(0.25)
+        time.sleep(0.05)  # the run's end is noticed within 50 ms, not a quarter second

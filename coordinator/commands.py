@@ -266,10 +266,12 @@ def _prepare(
     per_chunk_ms = sample_ms * spec.chunk_size / max(sample["sample_rows"], 1)
     limits = limits or Limits()
     # Celery adds ~4 ms a chunk (floors.md); chunks run max_concurrency at a time, and a
-    # rows/s budget, when set, bounds the whole run.
+    # rows/s budget and the db-load bound (chunk seconds per second), when set, bound the run.
     seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.max_concurrency
     if limits.rows_per_second:
         seconds = max(seconds, rows / limits.rows_per_second)
+    if limits.db_load:
+        seconds = max(seconds, chunks * per_chunk_ms / 1000 / limits.db_load)
     return Plan(
         spec=spec,
         chunks=chunks,

@@ -36,6 +36,7 @@ from coordinator.demo_state import State
 from migrations.errors import CheckFailed
 from migrations.schema import SchemaRunner, load_directory
 from workers.command import worker_command
+from workers.limits import Limits
 from workers.settings import Settings
 
 DEMO_DB = "ferry_demo"
@@ -129,10 +130,13 @@ def _schema_up(ctx: commands.Context, folder: Path) -> list[str]:
         )
     return applied
 
+DEMO_DB_LOAD = 0.5
+
 
 def _backfill(ctx: commands.Context, name: str) -> dict[str, Any]:
     reference = f"coordinator.demo_backfills:{name}"
-    result = commands.launch(ctx, reference)
+    # Nothing but the demo uses its embedded server: no application to leave room for.
+    result = commands.launch(ctx, reference, limits=Limits(db_load=DEMO_DB_LOAD))
     assert result.run_id is not None
     status = render.follow(result.chunks, commands.poller(ctx, result.run_id), BACKFILLS[name])
     h = health.health(ctx, result.run_id)
