@@ -254,10 +254,11 @@ class ChunkExecutor:
             range=key_range,
             mask_key=self.ledger.mask_key(self.settings.mask_key),
         )
-        with step("ferry.lock"):
-            conn.execute(ctx.statements.lock_rows(key_range))
-        if ctx.transform is not None:
-            stage_input(conn, ctx, key_range)
+        if ctx.transform is None:
+            with step("ferry.lock"):
+                conn.execute(ctx.statements.lock_rows(key_range))
+        else:  # the COPY that reads the chunk takes its row locks
+            stage_input(conn, ctx, key_range, lock=True)
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks
             counts = conn.execute(ctx.statements.apply(args)).fetchone()
         assert counts is not None

@@ -126,13 +126,16 @@ def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series
     return first
 
 
-def stage_input(conn: psycopg.Connection[Any], ctx: RunContext, key_range: KeyRange) -> None:
-    """Read the chunk via COPY, transform and judge it, COPY the result into the temp table."""
+def stage_input(
+    conn: psycopg.Connection[Any], ctx: RunContext, key_range: KeyRange, *, lock: bool = False
+) -> None:
+    """Read the chunk via COPY (locking its rows with ``lock``), transform and judge it, COPY
+    the result into the temp table."""
     spec = ctx.spec
     st = ctx.statements
     buffer = bytearray()
     with step("ferry.read"):
-        with conn.cursor().copy(st.read_copy(key_range)) as copy:
+        with conn.cursor().copy(st.read_copy(key_range, lock=lock)) as copy:
             for block in copy:
                 buffer += block
         frame = read_copy(bytes(buffer), st.read_columns(), spec.column_types)

@@ -233,13 +233,18 @@ class Statements:
             k=self.key, keys=sql.Literal(list(keys)), kt=self.key_type
         )
 
-    def read_copy(self, r: KeyRange) -> sql.Composed:
-        """COPY out of the columns a pandas transform reads, for one chunk."""
+    def read_copy(self, r: KeyRange, *, lock: bool = False) -> sql.Composed:
+        """COPY out of the columns a pandas transform reads, for one chunk.
+
+        With ``lock`` the read takes the chunk's row locks itself (as ``lock_rows`` does, and
+        in READ COMMITTED it returns the version it locked): one scan of the range, not two.
+        """
         cols = [self.key, *(sql.Identifier(c) for c in self.spec.reads if c != self.spec.key)]
-        return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}) TO STDOUT").format(
+        return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}{lock}) TO STDOUT").format(
             cols=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in cols),
             t=self.table,
             r=self.in_range(r),
+            lock=sql.SQL(" FOR NO KEY UPDATE OF t" if lock else ""),
         )
 
     def read_columns(self) -> list[str]:
