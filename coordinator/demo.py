@@ -40,6 +40,9 @@ from workers.limits import Limits
 from workers.settings import Settings
 
 DEMO_DB = "ferry_demo"
+# The demo's backfills run at the db-load bound Ferry had by default before 0.15: nothing but
+# the demo uses its embedded server, so there is no application to leave room for.
+DEMO_DB_LOAD = 0.5
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 EXAMPLE_MIGRATION = (
     Path(__file__).resolve().parent.parent / "examples/migrations/20240315_add_patient_vitals.sql"
@@ -130,12 +133,9 @@ def _schema_up(ctx: commands.Context, folder: Path) -> list[str]:
         )
     return applied
 
-DEMO_DB_LOAD = 0.5
-
 
 def _backfill(ctx: commands.Context, name: str) -> dict[str, Any]:
     reference = f"coordinator.demo_backfills:{name}"
-    # Nothing but the demo uses its embedded server: no application to leave room for.
     result = commands.launch(ctx, reference, limits=Limits(db_load=DEMO_DB_LOAD))
     assert result.run_id is not None
     status = render.follow(result.chunks, commands.poller(ctx, result.run_id), BACKFILLS[name])

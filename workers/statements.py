@@ -314,7 +314,6 @@ SELECT (SELECT count(*) FROM cand) AS rows_read,
                 sql.SQL("changed.{o} AS {o}").format(o=_old(i)) for i in range(len(self.writes))
             ),
             "news": news,
-            "backup": self.backup,
             "k": self.key,
             "t": self.table,
             "tid": TID,
