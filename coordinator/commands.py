@@ -264,14 +264,7 @@ def _prepare(
             raise
     sample_ms = sample["sample_ms"]
     per_chunk_ms = sample_ms * spec.chunk_size / max(sample["sample_rows"], 1)
-    limits = limits or Limits()
-    # Celery adds ~4 ms a chunk (floors.md); chunks run max_concurrency at a time, and a
-    # rows/s budget and the db-load bound (chunk seconds per second), when set, bound the run.
-    seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.max_concurrency
-    if limits.rows_per_second:
-        seconds = max(seconds, rows / limits.rows_per_second)
-    if limits.db_load:
-        seconds = max(seconds, chunks * per_chunk_ms / 1000 / limits.db_load)
+    seconds = estimate_seconds(chunks, rows, per_chunk_ms, limits or Limits())
     return Plan(
         spec=spec,
         chunks=chunks,
@@ -285,6 +278,20 @@ def _prepare(
         run_id=run_id if commit else None,
         status=status if commit else None,
     )
+
+
+def estimate_seconds(chunks: int, rows: int, per_chunk_ms: float, limits: Limits) -> float:
+    """How long a run takes at ``limits``, from one chunk's sampled time.
+
+    Celery adds ~4 ms a chunk (floors.md); chunks run max_concurrency at a time; a rows/s
+    budget and the db-load bound (chunk seconds per second), when set, bound the whole run.
+    """
+    seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.max_concurrency
+    if limits.rows_per_second:
+        seconds = max(seconds, rows / limits.rows_per_second)
+    if limits.db_load:
+        seconds = max(seconds, chunks * per_chunk_ms / 1000 / limits.db_load)
+    return seconds
 
 
 def _preflight(

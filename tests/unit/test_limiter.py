@@ -124,3 +124,15 @@ def test_db_load_limits_round_trip_and_lift() -> None:
     assert Limits.from_json(loaded.to_json()) == loaded
     assert loaded.evolve(db_load=0).db_load is None
     assert loaded.evolve(db_load=None).db_load == 1.5
+
+
+def test_plan_estimate_counts_every_bound() -> None:
+    from coordinator.commands import estimate_seconds
+    from workers.limits import Limits
+
+    # 100 chunks of 96 ms (+4 ms Celery): two at a time, 5 s; a db load of 0.15 makes 9.6 s
+    # of chunk time last 64 s; 10,000 rows/s makes a million rows last 100 s
+    assert estimate_seconds(100, 1_000_000, 96, Limits(db_load=None)) == pytest.approx(5.0)
+    assert estimate_seconds(100, 1_000_000, 96, Limits(db_load=0.15)) == pytest.approx(64.0)
+    slow = Limits(db_load=0.15, rows_per_second=10_000)
+    assert estimate_seconds(100, 1_000_000, 96, slow) == pytest.approx(100.0)
