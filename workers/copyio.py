@@ -34,8 +34,8 @@ def read_copy(data: bytes, columns: Sequence[str], types: Mapping[str, str]) -> 
         return pd.DataFrame({c: pd.Series([], dtype=_empty_dtype(types.get(c))) for c in columns})
     kinds = {c: base_type(types.get(c, "text")) for c in columns}
     # Numbers never hold a backslash: the parser types them itself, several times faster
-    # than text then to_numeric. Values it cannot read ('NaN', 'Infinity', a numeric past
-    # float range) take the column-by-column path, which says what is wrong with them.
+    # than text then to_numeric. A value it cannot read (a float or numeric 'NaN') sends the
+    # frame down the column-by-column path, which says what is wrong with it.
     parsed = {c: "Int64" if k in _INTS else "float64" for c, k in kinds.items() if k in _NUMBERS}
     try:
         frame = _read_text(data, columns, parsed)
