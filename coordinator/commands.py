@@ -10,7 +10,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from workers.model import RunSpec
 from workers.progress import RedisProgress
 from workers.settings import Settings
 from workers.staging import RunContext, stage_input
-from workers.statements import ChunkArgs, KeyRange, Statements
+from workers.statements import ChunkArgs, KeyRange, Statements, pre_image_layout
 from workers.sweeper import sweep
 from workers.telemetry import launch_span
 
@@ -216,6 +216,13 @@ def _prepare(
                 project_phi=settings.phi_columns,
                 encryption_key=settings.encryption_key,
             )
+            # One sample of the pre-images' width: their layout (stored with the run, so every
+            # worker writes what the run began with) and the disk estimate below.
+            per_row = sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
+            spec = replace(
+                spec,
+                extra={**spec.extra, "pre_images": pre_image_layout(per_row, spec.chunk_size)},
+            )
             run_id = ctx.ledger.create_run(
                 conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
             )
@@ -233,7 +240,6 @@ def _prepare(
             conn.execute(q("start_run"), {"run_id": run_id, "total": chunks})
             if not chunks:
                 conn.execute(q("end_run"), {"run_id": run_id, "status": "completed"})
-            per_row = sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
             share = sample["sample_written"] / sample["sample_rows"] if sample["sample_rows"] else 1
             changed = rows * share
             # Pre-images, plus WAL for the new row versions and for the pre-image inserts.

@@ -22,12 +22,10 @@ from workers.catalog import (
     check_where,
     describe_table,
     expression_types,
-    sample_size_bytes,
 )
 from workers.encryption import fingerprint
 from workers.failures import describe
 from workers.model import RunSpec
-from workers.statements import pre_image_layout
 
 Conn = psycopg.Connection[Any]
 
@@ -83,9 +81,6 @@ def resolve(
         extra["phi"] = phi
     if encryption_key:  # pre-images and raw quarantined values sealed (workers.encryption)
         extra["encryption_fingerprint"] = fingerprint(encryption_key)
-    # How pre-images are kept (workers.statements): packed unless a chunk of them is huge.
-    per_row = sample_size_bytes(conn, qualified, backfill.key, tuple(backfill.writes))
-    extra["pre_images"] = pre_image_layout(per_row, size)
     spec = backfill.to_dict()
     return RunSpec(
         reference=reference,

@@ -12,6 +12,8 @@ import psycopg
 from psycopg import sql
 
 from tests.conftest import ferry
+from workers.model import RunSpec
+from workers.statements import Statements
 
 
 def fingerprint(conn: psycopg.Connection[Any], table: str, key: str = "id") -> str:
@@ -28,9 +30,6 @@ def fingerprint(conn: psycopg.Connection[Any], table: str, key: str = "id") -> s
 
 def pre_image_counts(conn: psycopg.Connection[Any], run_id: int) -> tuple[int, int]:
     """(pre-images, distinct keys among them) of a run, read through its own layout."""
-    from workers.model import RunSpec
-    from workers.statements import Statements
-
     row = conn.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
     assert row is not None
     st = Statements(RunSpec.from_dict(row[0]), run_id)
