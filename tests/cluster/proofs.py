@@ -54,16 +54,22 @@ def ledger_snapshot(db: Conn, run_id: int) -> list[tuple[Any, ...]]:
     return [*chunks, *run, *images]
 
 
-def wait_held(db: Conn, run_id: int, host: str, timeout: float = 60) -> list[int]:
-    """The chunks ``host`` holds (running, with its lease) as soon as it holds one."""
+def wait_held(
+    db: Conn, run_id: int, host: str, timeout: float = 60, claimed_within: float = 0.2
+) -> list[int]:
+    """The chunks ``host`` holds (running, with its lease) as soon as one of them was claimed
+    at most ``claimed_within`` seconds ago: a chunk seen late in its transaction may commit
+    before the caller has acted on it (the first chunks are claimed while ``ferry launch``
+    exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = db.execute(
-            "SELECT chunk_no FROM ferry.chunks WHERE run_id = %s AND status = 'running' "
-            "AND worker LIKE %s ORDER BY chunk_no",
-            (run_id, f"%@{host}:%"),
+            "SELECT chunk_no, started_at > clock_timestamp() - make_interval(secs => %s) "
+            "FROM ferry.chunks WHERE run_id = %s AND status = 'running' AND worker LIKE %s "
+            "ORDER BY chunk_no",
+            (claimed_within, run_id, f"%@{host}:%"),
         ).fetchall()
-        if rows:
-            return [int(r[0]) for r in rows]
+        if any(fresh for _, fresh in rows):
+            return [int(chunk) for chunk, _ in rows]
         time.sleep(0.02)
     raise AssertionError(f"{host} never held a chunk of run {run_id}")

@@ -93,7 +93,9 @@ def _partition(
     """
     _, expected = prepare_reference(db, table, ROWS)
     hosts.start_all()
-    path = slow_spec(tmp_path, table, 500, 0.25)
+    # Each chunk sleeps 0.6 s in its transaction and the host is cut within 0.2 s of a claim
+    # (wait_held): the cut always lands mid-chunk.
+    path = slow_spec(tmp_path, table, 500, 0.6)
     run_id = launch(env, f"{path}:b", *LIMITS)
     held = wait_held(db, run_id, host.name)
     at_cut = _log_sizes(hosts)
