@@ -92,7 +92,7 @@ def run_transform(
     fn: Transform, frame: pd.DataFrame, key: str, writes: tuple[str, ...]
 ) -> pd.DataFrame:
     """Call the user's transform and check its output has the shape the engine needs."""
-    read_keys = frame[key].astype(str)  # a copy: the transform cannot change it
+    read_keys = frame[key].array.copy()  # the transform may change the frame in place
     try:
         out = fn(frame)
     except Exception as exc:
@@ -104,14 +104,23 @@ def run_transform(
     if missing:
         raise PermanentChunkError(f"transform output lacks columns: {', '.join(missing)}")
     out = out[[key, *writes]]
+    if _same_keys(out[key], read_keys):
+        return out  # the common case: every row back, in order, its key untouched
+    # Rows dropped, reordered or keys retyped: compare them as text, one by one.
     keys = out[key].astype(str)
-    same = len(keys) == len(read_keys) and (keys.to_numpy() == read_keys.to_numpy()).all()
-    if not same:  # rows dropped or reordered: check the keys one by one
-        if not keys.is_unique:
-            raise PermanentChunkError("transform output repeats a key")
-        if not keys.isin(read_keys).all():
-            raise PermanentChunkError("transform output has keys that are not in the chunk")
+    wanted = pd.Series(read_keys).astype(str)
+    if not keys.is_unique:
+        raise PermanentChunkError("transform output repeats a key")
+    if not keys.isin(wanted).all():
+        raise PermanentChunkError("transform output has keys that are not in the chunk")
     return out.assign(**{key: keys})
+
+
+def _same_keys(keys: pd.Series, read: Any) -> bool:
+    """True when ``keys`` are the chunk's keys, same type, same order (no text copies made)."""
+    if keys.dtype != read.dtype or len(keys) != len(read):
+        return False
+    return bool((keys.array == read).all())
 
 
 def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series:
@@ -142,10 +151,13 @@ def stage_input(
     assert ctx.transform is not None
     with step("ferry.transform"):
         out = run_transform(ctx.transform, frame, spec.key, spec.writes)
+    columns = [spec.key, *spec.writes]
     with step("ferry.validate"):
-        out[PYRULE_NAME] = judge(out, ctx.checks)
+        if ctx.checks:  # without Python rules the staged rule column is left NULL
+            out = out.assign(**{PYRULE_NAME: judge(out, ctx.checks)})
+            columns.append(PYRULE_NAME)
     with step("ferry.stage"):
         conn.execute(st.create_input())
         types = {**spec.column_types, PYRULE_NAME: "integer"}
-        with conn.cursor().copy(st.write_copy()) as copy:
-            copy.write(write_copy(out, [spec.key, *spec.writes, PYRULE_NAME], types))
+        with conn.cursor().copy(st.write_copy(judged=bool(ctx.checks))) as copy:
+            copy.write(write_copy(out, columns, types))

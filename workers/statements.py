@@ -257,8 +257,9 @@ class Statements:
             "SELECT {cols}, NULL::integer AS {p} FROM {t} WITH NO DATA"
         ).format(i=self.input, cols=cols, t=self.table, p=PYRULE)
 
-    def write_copy(self) -> sql.Composed:
-        cols = sql.SQL(", ").join([self.key, *self.writes, PYRULE])
+    def write_copy(self, *, judged: bool = True) -> sql.Composed:
+        """COPY into the temp table; ``judged``: with the first failing Python rule per row."""
+        cols = sql.SQL(", ").join([self.key, *self.writes, *([PYRULE] if judged else [])])
         return sql.SQL("COPY {i} ({cols}) FROM STDIN").format(i=self.input, cols=cols)
 
     def apply(self, args: ChunkArgs) -> sql.Composed:

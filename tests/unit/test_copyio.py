@@ -54,3 +54,18 @@ def test_numbers_typed_by_the_parser_equal_text_then_to_numeric() -> None:
     as_text = read_copy(rows, ["k", "f", "s"], {"k": "bigint", "f": "text", "s": "text"})
     slow = as_text.assign(f=pd.to_numeric(as_text["f"]))
     assert slow["k"].tolist() == fast["k"].tolist() and slow["f"][0] == fast["f"][0]
+
+
+def test_numbers_are_written_as_python_writes_them() -> None:
+    frame = pd.DataFrame(
+        {
+            "k": pd.array([2**63 - 1, None], dtype="Int64"),
+            "u": np.array([2**64 - 1, 0], dtype="uint64"),
+            "f": [0.1 + 0.2, float("-inf")],
+            "g": [-0.0, 1e-07],
+        }
+    )
+    assert write_copy(frame, list(frame.columns)) == (
+        b"9223372036854775807\t18446744073709551615\t0.30000000000000004\t-0.0\n"
+        b"\\N\t0\t-Infinity\t1e-07\n"
+    )
