@@ -91,6 +91,11 @@ def fresh(name: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+def drop(name: str) -> None:
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 def check(name: str) -> str:
     with psycopg.connect(URL) as conn:
         row = conn.execute(
@@ -264,6 +269,7 @@ def main() -> None:
                     secs = fn(table)
                 times[tag].append(secs)
                 sums[tag] = check(table)
+                drop(table)  # its dead rows must not be vacuumed while the next contender runs
                 print(f"  ({tag}) {label}: {secs:.2f} s, {rows / secs:,.0f} rows/s", flush=True)
     finally:
         stop_workers(procs)

@@ -317,11 +317,12 @@ def _preflight(
     what = f"pre-flight on the first {SAMPLE_ROWS} rows failed"
     try:
         with conn.transaction(force_rollback=True):
-            run_ctx = RunContext(run_id, spec, statements, None)
+            read = None
             if spec.mode == "pandas":
-                run_ctx = RunContext.build(run_id, spec)
-                stage_input(conn, run_ctx, sample)
-            args = ChunkArgs(run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight")
+                read = stage_input(conn, RunContext.build(run_id, spec), sample)
+            args = ChunkArgs(
+                run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight", rows_read=read
+            )
             counts = conn.execute(statements.apply(args)).fetchone()
     except psycopg.Error as exc:
         raise CheckFailed(f"{what}: {describe(exc)}") from None

@@ -194,9 +194,12 @@ def _checksum(
         with conn.transaction(force_rollback=True):
             rng = KeyRange(None, whole.hi, tuple(keys))
             run_ctx = RunContext.build(run.id, run.spec)
+            read = None
             if run_ctx.transform is not None:
-                stage_input(conn, run_ctx, rng)
-            args = ChunkArgs(run_id=run.id, chunk_no=-1, range=rng, mask_key="verify")
+                read = stage_input(conn, run_ctx, rng)
+            args = ChunkArgs(
+                run_id=run.id, chunk_no=-1, range=rng, mask_key="verify", rows_read=read
+            )
             counts = conn.execute(st.apply(args)).fetchone()
             after = conn.execute(checks.checksum(keys)).fetchone()
             differ = [r["k"] for r in conn.execute(checks.recomputed_keys())]

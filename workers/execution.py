@@ -248,17 +248,19 @@ class ChunkExecutor:
         if key_range.keys is not None:  # a re-run of quarantined rows: judge them afresh
             gone = conn.execute(q("clear_quarantine"), {**ids, "keys": list(key_range.keys)})
             cleared = gone.rowcount
+        rows_read = None
+        if ctx.transform is None:
+            with step("ferry.lock"):
+                conn.execute(ctx.statements.lock_rows(key_range))
+        else:  # the COPY that reads the chunk takes its row locks
+            rows_read = stage_input(conn, ctx, key_range, lock=True)
         args = ChunkArgs(
             run_id=run_id,
             chunk_no=chunk_no,
             range=key_range,
             mask_key=self.ledger.mask_key(self.settings.mask_key),
+            rows_read=rows_read,
         )
-        if ctx.transform is None:
-            with step("ferry.lock"):
-                conn.execute(ctx.statements.lock_rows(key_range))
-        else:  # the COPY that reads the chunk takes its row locks
-            stage_input(conn, ctx, key_range, lock=True)
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks
             counts = conn.execute(ctx.statements.apply(args)).fetchone()
         assert counts is not None

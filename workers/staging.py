@@ -137,9 +137,9 @@ def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series
 
 def stage_input(
     conn: psycopg.Connection[Any], ctx: RunContext, key_range: KeyRange, *, lock: bool = False
-) -> None:
+) -> int:
     """Read the chunk via COPY (locking its rows with ``lock``), transform and judge it, COPY
-    the result into the temp table."""
+    the result into the temp table; the number of rows read."""
     spec = ctx.spec
     st = ctx.statements
     buffer = bytearray()
@@ -161,3 +161,4 @@ def stage_input(
         types = {**spec.column_types, PYRULE_NAME: "integer"}
         with conn.cursor().copy(st.write_copy(judged=bool(ctx.checks))) as copy:
             copy.write(write_copy(out, columns, types))
+    return len(frame)

@@ -87,6 +87,8 @@ class ChunkArgs:
     chunk_no: int
     range: KeyRange
     mask_key: str
+    # pandas path: the rows the chunk's COPY read (the staged rows are those, or fewer)
+    rows_read: int | None = None
 
 
 class Statements:
@@ -264,10 +266,56 @@ class Statements:
 
     def apply(self, args: ChunkArgs) -> sql.Composed:
         """The one statement that applies a chunk."""
+        if self.spec.mode == "pandas" and not self.spec.rules and args.rows_read is not None:
+            return self._apply_staged(args)
         return self._apply(self._candidates(args.range), args)
+
+    def _apply_staged(self, args: ChunkArgs) -> sql.Composed:
+        """The pandas path without rules: the staged values straight into the rows they differ
+        from, no candidate set materialized and scanned again to be counted.
+
+        The rows were locked by the COPY that read them, so the version joined here is the
+        version updated and every row that differs is written: rows read is what the COPY
+        read, rows changed is rows written. The range (and the user's filter) is applied in
+        a sub-select where only the table's own columns are in scope.
+        """
+        olds = [_old(i) for i in range(len(self.writes))]
+        return sql.SQL(
+            """WITH written AS (
+  UPDATE {t} AS u SET {sets}
+    FROM (SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {olds_as}
+            FROM {t} AS t WHERE {r}) AS c
+    JOIN {i} AS x ON x.{k} = c.{k}
+   WHERE u.ctid = c.{tid} AND u.tableoid = c.{toid} AND ({c_olds}) IS DISTINCT FROM ({x_news})
+  RETURNING c.{k} AS {k}, {c_olds_as}),
+{saved}
+SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count} AS rows_written,
+       0::bigint AS rows_quarantined, 0::bigint AS rows_failed, NULL::integer AS failed_rule,
+       0::bigint AS rows_warned, 0::bigint AS rows_fixed"""
+        ).format(
+            t=self.table,
+            i=self.input,
+            k=self.key,
+            tid=TID,
+            toid=TOID,
+            sets=sql.SQL(", ").join(sql.SQL("{c} = x.{c}").format(c=c) for c in self.writes),
+            olds_as=sql.SQL(", ").join(
+                sql.SQL("t.{c} AS {o}").format(c=c, o=o)
+                for c, o in zip(self.writes, olds, strict=True)
+            ),
+            r=self.in_range(args.range),
+            c_olds=sql.SQL(", ").join(sql.SQL("c.{}").format(o) for o in olds),
+            x_news=sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
+            c_olds_as=sql.SQL(", ").join(sql.SQL("c.{o} AS {o}").format(o=o) for o in olds),
+            read=sql.Literal(int(args.rows_read or 0)),
+            **self._save(args.chunk_no),
+        )
 
     def _candidates(self, r: KeyRange) -> sql.Composable:
         olds = [sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)]
+        rows = sql.SQL(
+            "SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {cols} FROM {t} AS t"
+        )
         if self.spec.mode == "sql":
             assert self.spec.sql is not None
             news = [
@@ -277,23 +325,29 @@ class Statements:
                 for name in self.spec.writes
             ]
             news.append(sql.SQL("NULL::integer AS {p}").format(p=PYRULE))
-            source: sql.Composable = sql.SQL("{t} AS t").format(t=self.table)
-        else:
-            news = [sql.SQL("x.{c} AS {c}").format(c=c) for c in self.writes]
-            news.append(sql.SQL("x.{p} AS {p}").format(p=PYRULE))
-            source = sql.SQL("{t} AS t JOIN {i} AS x ON x.{k} = t.{k}").format(
-                t=self.table, i=self.input, k=self.key
+            return sql.SQL("{rows} WHERE {r}").format(
+                rows=rows.format(
+                    toid=TOID,
+                    tid=TID,
+                    k=self.key,
+                    cols=sql.SQL(", ").join(olds + news),
+                    t=self.table,
+                ),
+                r=self.in_range(r),
             )
+        # The staged values joined to the chunk's rows, the range (and the user's filter, which
+        # may name a written column) applied where only the table's own columns are in scope.
+        staged = [sql.SQL("x.{c} AS {c}").format(c=c) for c in [*self.writes, PYRULE]]
         return sql.SQL(
-            "SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {cols} "
-            "FROM {src} WHERE {r}"
+            "SELECT c.*, {staged} FROM ({rows} WHERE {r}) AS c JOIN {i} AS x ON x.{k} = c.{k}"
         ).format(
-            toid=TOID,
-            tid=TID,
-            k=self.key,
-            cols=sql.SQL(", ").join(olds + news),
-            src=source,
+            staged=sql.SQL(", ").join(staged),
+            rows=rows.format(
+                toid=TOID, tid=TID, k=self.key, cols=sql.SQL(", ").join(olds), t=self.table
+            ),
             r=self.in_range(r),
+            i=self.input,
+            k=self.key,
         )
 
     def _apply(self, candidates: sql.Composable, args: ChunkArgs) -> sql.Composed:
