@@ -117,10 +117,14 @@ def run_transform(
 
 
 def _same_keys(keys: pd.Series, read: Any) -> bool:
-    """True when ``keys`` are the chunk's keys, same type, same order (no text copies made)."""
+    """True when ``keys`` are the chunk's keys, same type, same order (no text copies made).
+
+    ``equals``, not ``==`` then ``all``: an element compared with a missing key is NA,
+    which ``all`` skips, so a key set to NA would pass for the key it replaced.
+    """
     if keys.dtype != read.dtype or len(keys) != len(read):
         return False
-    return bool((keys.array == read).all())
+    return bool(pd.Series(keys.array).equals(pd.Series(read)))
 
 
 def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series:

@@ -41,3 +41,13 @@ def test_repeated_keys_and_missing_columns_are_refused() -> None:
         run_transform(lambda df: df.iloc[[0, 0]].assign(kg=1.0), chunk(), "id", ("kg",))
     with pytest.raises(PermanentChunkError, match="lacks columns: kg"):
         run_transform(lambda df: df, chunk(), "id", ("kg",))
+
+
+def test_a_key_set_to_missing_is_caught() -> None:
+    def blank(df: pd.DataFrame) -> pd.DataFrame:
+        out = df.assign(kg=1.0)
+        out.loc[1, "id"] = pd.NA
+        return out
+
+    with pytest.raises(PermanentChunkError, match="keys that are not in the chunk"):
+        run_transform(blank, chunk(), "id", ("kg",))
