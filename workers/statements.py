@@ -359,7 +359,7 @@ written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
             RETURNING changed.{k} AS {k}, {changed_olds}),
 {saved}
-SELECT (SELECT count(*) FROM cand) AS rows_read,
+SELECT {rows_read} AS rows_read,
        (SELECT count(*) FROM changed) AS rows_changed,
        {saved_count} AS rows_written,"""
         )
@@ -377,6 +377,12 @@ SELECT (SELECT count(*) FROM cand) AS rows_read,
                 sql.SQL("{c} = changed.{c}").format(c=c) for c in self.writes
             ),
             "chunk_no": sql.Literal(int(args.chunk_no)),
+            # pandas path: what the COPY read (the staged rows may be fewer), as without rules
+            "rows_read": (
+                sql.SQL("{}::bigint").format(sql.Literal(int(args.rows_read)))
+                if args.rows_read is not None
+                else sql.SQL("(SELECT count(*) FROM cand)")
+            ),
             "cand": candidates,
             **self._save(args.chunk_no),
         }

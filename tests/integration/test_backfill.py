@@ -121,15 +121,19 @@ def test_key_types_and_sparse_keys(
     assert sizes == [1000] * 7
 
 
-RULED_SPEC = PANDAS_SPEC.replace(
-    "transform=fn,",
-    'transform=fn, rules=[ValidationRule(field="score", type="range", condition="0..1000000",'
-    ' error_message="score", action="skip")],',
+RULED_SPEC = (
+    PANDAS_SPEC
+    + """
+score_ruled = Backfill(table="{table}", key="id", reads=["a", "b", "name"],
+                       writes=["score", "code"], transform=fn, chunk_size={chunk},
+                       rules=[ValidationRule(field="score", type="range", condition="0..1000000",
+                                             error_message="score", action="skip")])
+"""
 )
 
 
 @pytest.mark.parametrize(
-    ("mode", "template"), [("sql", SQL_SPEC), ("pandas", PANDAS_SPEC), ("pandas", RULED_SPEC)]
+    ("mode", "template"), [("sql", SQL_SPEC), ("pandas", PANDAS_SPEC), ("ruled", RULED_SPEC)]
 )
 def test_where_filter_narrows_rows(
     mode: str, template: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
