@@ -23,6 +23,7 @@ import statistics
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -239,7 +240,7 @@ def main() -> None:
     times: dict[str, list[float]] = {t: [] for t in "abcde"}
     sums: dict[str, str] = {}
     durations: dict[str, list[float]] = {"c": [], "e": []}
-    plan = [
+    plan: list[Contender] = [
         ("a", "one whole-table UPDATE", lambda t: single_update(t)),
         (
             "b",
@@ -276,8 +277,18 @@ def main() -> None:
     report(rows, chunk, args.repeat, chosen, times, sums, durations)
 
 
-def report(  # type: ignore[no-untyped-def]
-    rows: int, chunk: int, repeat: int, chosen, times, sums, durations
+# (tag, label, the raw contender's function or None for a Ferry run)
+Contender = tuple[str, str, Callable[[str], float] | None]
+
+
+def report(
+    rows: int,
+    chunk: int,
+    repeat: int,
+    chosen: list[Contender],
+    times: dict[str, list[float]],
+    sums: dict[str, str],
+    durations: dict[str, list[float]],
 ) -> None:
     rate = {k: rows / statistics.median(v) for k, v in times.items() if v}
     print()
