@@ -161,6 +161,8 @@ def stage_input(
             out = out.assign(**{PYRULE_NAME: judge(out, ctx.checks)})
             columns.append(PYRULE_NAME)
     with step("ferry.stage"):
+        # Every chunk, not once a connection (~0.7 ms): behind a transaction-pooling
+        # PgBouncer the next transaction may be on a server session without the table.
         conn.execute(st.create_input())
         types = {**spec.column_types, PYRULE_NAME: "integer"}
         with conn.cursor().copy(st.write_copy(judged=bool(ctx.checks))) as copy:
