@@ -190,19 +190,29 @@ def _by_id(spans: list[tuple[Span, dict[str, Any]]]) -> dict[bytes, tuple[Span, 
 def _wait_for_chunks(
     receiver: Receiver, expected: dict[int, int], timeout: float = 60
 ) -> list[tuple[Span, dict[str, Any]]]:
-    """Spans once every run's launch span and all its chunk spans have arrived."""
+    """Spans once every run's launch span and all its chunk spans have arrived, each chunk
+    span with the task span it ran in (that one ends later and may come in a later batch)."""
     deadline = time.monotonic() + timeout
     while True:
         spans = receiver.spans()
         launches = {a.get("ferry.run_id") for s, a in spans if s.name == "ferry.launch"}
+        ids = {s.span_id for s, _ in spans}
         chunks: dict[int, set[int]] = {}
+        orphans = 0
         for span, attrs in spans:
             if span.name == "ferry.chunk":
                 chunks.setdefault(attrs["ferry.run_id"], set()).add(attrs["ferry.chunk_no"])
-        if all(run in launches and len(chunks.get(run, ())) == n for run, n in expected.items()):
+                orphans += span.parent_span_id not in ids
+        complete = all(
+            run in launches and len(chunks.get(run, ())) == n for run, n in expected.items()
+        )
+        if complete and not orphans:
             return spans
         if time.monotonic() > deadline:
-            raise AssertionError(f"spans missing: launches {launches}, chunks {chunks}")
+            raise AssertionError(
+                f"spans missing: launches {launches}, chunks {chunks}, "
+                f"{orphans} chunk spans without their task span"
+            )
         time.sleep(0.3)
 
 
