@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 
 from coordinator.planner import PostgresKeys, plan_bounds
 from coordinator.purge import check_not_purged
@@ -37,6 +38,7 @@ from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange, Statements, pre_image_layout
 from workers.sweeper import sweep
 from workers.telemetry import launch_span
+from workers.throttle import RedisLimiter
 
 SAMPLE_ROWS = 200
 
@@ -65,6 +67,12 @@ class Context:
     @cached_property
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(make_app(self.settings), self.settings.queue)
+
+    def clear_line(self, run_id: int) -> None:
+        """Forget the run's line of waiting chunks (workers.throttle): its turns were spaced
+        for the limits it had, and the chunks waiting in it come back within seconds."""
+        with contextlib.suppress(redis.RedisError):  # stale turns only slow a restart down
+            RedisLimiter(self.progress.client).clear_line(f"run:{run_id}")
 
     def close(self) -> None:
         for closer in self._closers:
@@ -289,10 +297,10 @@ def _prepare(
 def estimate_seconds(chunks: int, rows: int, per_chunk_ms: float, limits: Limits) -> float:
     """How long a run takes at ``limits``, from one chunk's sampled time.
 
-    Celery adds ~4 ms a chunk (floors.md); chunks run max_concurrency at a time; a rows/s
+    Celery adds ~4 ms a chunk (floors.md); chunks run ``in_flight`` at a time; a rows/s
     budget and the db-load bound (chunk seconds per second), when set, bound the whole run.
     """
-    seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.max_concurrency
+    seconds = chunks * (per_chunk_ms + 4) / 1000 / limits.in_flight
     if limits.rows_per_second:
         seconds = max(seconds, rows / limits.rows_per_second)
     if limits.db_load:
@@ -375,6 +383,7 @@ def resume(ctx: Context, run_id: int) -> dict[str, Any]:
         if run.status not in ("running", "paused"):
             raise CheckFailed(f"run {run_id} is {run.status}; only running or paused runs resume")
         conn.execute(q("reopen_run"), {"run_id": run_id, "from": ["paused"]})
+    ctx.clear_line(run_id)
     requeued = sweep(ctx.ledger, ctx.dispatcher)
     pending = ctx.ledger.pending(run_id)
     ctx.dispatcher.send_chunks(run_id, pending, queue=run.params.get("queue"))

@@ -58,4 +58,5 @@ def throttle(ctx: Context, run_id: int, **changes: Any) -> dict[str, Any]:
             run_id=run_id,
             params={k: v for k, v in changes.items() if v is not None},
         )
+    ctx.clear_line(run_id)  # the chunks waiting take new turns at the new pace
     return {"run_id": run_id, "limits": limits.to_json()}

@@ -5,9 +5,12 @@ health, a slot of the run's concurrency, rows from its rows/s budget, and
 database time (each chunk is charged what its transaction took, so the run
 keeps at most ``db_load`` connections busy on average). A task
 that must wait gives its slot back and is retried with a countdown: it never
-holds a worker process while waiting. Control state and health are cached a
-second or two per worker, so a ``ferry pause`` or ``throttle`` reaches every
-worker within seconds without a query per chunk.
+holds a worker process while waiting. The countdown is its turn in the run's
+line (workers.throttle), at most TURN_HORIZON seconds away, so that waiting
+chunks come back one by one at the pace the limits allow, not all at once.
+Control state and health are cached a second or two per worker, so a ``ferry
+pause`` or ``throttle`` reaches every worker within seconds without a query
+per chunk.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from workers.throttle import Limiter
 log = logging.getLogger("ferry.gate")
 CONTROL_TTL = 1.0
 HEALTH_TTL = 2.0
+# The longest countdown a waiting chunk is given: how late new limits (`ferry throttle`
+# clears the line) reach the chunks already waiting, and far under any visibility timeout.
+TURN_HORIZON = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,7 @@ class Gate:
         self._control: dict[int, tuple[float, str, Limits]] = {}
         self._targets: dict[int, int] = {}
         self._health: dict[str, tuple[float, Health]] = {}
+        self._cost: dict[int, float] = {}  # seconds a chunk of the run took here, smoothed
 
     def control(self, run_id: int) -> tuple[str, Limits]:
         cached = self._control.get(run_id)
@@ -110,7 +117,28 @@ class Gate:
         self._health[table] = (self.clock(), health)
         return health
 
-    def check(self, run_id: int, spec: RunSpec, holder: str, rows: int) -> Decision:
+    def check(
+        self,
+        run_id: int,
+        spec: RunSpec,
+        holder: str,
+        rows: int,
+        *,
+        member: str | None = None,
+        queued: bool = False,
+    ) -> Decision:
+        """May the chunk go now? ``member`` names it in the run's line of waiting chunks
+        (without one a wait is a plain jittered countdown); ``queued``: its task waited before,
+        so it may hold a turn to give up once it goes."""
+        decision = self._check(run_id, spec, holder, rows, member)
+        if queued and member is not None and decision.kind != "wait":
+            with contextlib.suppress(redis.RedisError):  # an unused turn expires by itself
+                self.limiter.leave(f"run:{run_id}", member)
+        return decision
+
+    def _check(
+        self, run_id: int, spec: RunSpec, holder: str, rows: int, member: str | None
+    ) -> Decision:
         if self.memory_mb and resident_mb() > self.memory_mb:
             # Over its memory limit this process declines new chunks; Celery recycles it
             # after its current task (worker_max_memory_per_child), then it takes work again.
@@ -127,36 +155,75 @@ class Gate:
         if health.level == "critical":
             self._pause(run_id, health.reason)
             return Decision("defer", reason=f"paused: {health.reason}")
-        cap = limits.max_concurrency
+        cap = limits.in_flight
         if health.level == "soft":
             cap = max(1, cap // 2)  # back off: fewer chunks in flight
+        scope = f"run:{run_id}"
+        rows = min(rows, self._targets.get(run_id, rows))  # chunks are cut to the target size
         try:
-            if not self.limiter.acquire(f"run:{run_id}", holder, cap, self.lease):
-                return Decision("wait", _jitter(limits.chunk_time), "concurrency")
+            if not self.limiter.acquire(scope, holder, cap, self.lease):
+                # A running chunk ends in about a chunk's time; then the next may go.
+                soon = self._cost.get(run_id) or limits.chunk_time
+                return self._wait(run_id, member, soon, limits, cap, rows, "concurrency")
             if limits.rows_per_second:
-                # Chunks are cut to the run's target size: charge what a chunk now holds.
-                rows = min(rows, self._targets.get(run_id, rows))
-                wait = self.limiter.take(f"run:{run_id}", rows, limits.rows_per_second)
+                wait = self.limiter.take(scope, rows, limits.rows_per_second)
                 if wait > 0:
-                    self.limiter.release(f"run:{run_id}", holder)
-                    return Decision("wait", wait + _jitter(0.05), "rows per second")
+                    self.limiter.release(scope, holder)
+                    return self._wait(run_id, member, wait, limits, cap, rows, "rows per second")
             if limits.db_load:
                 # In debt from the chunks that just ran: wait until the run's database time
                 # is back under its average load.
                 wait = self.limiter.take(db_time_scope(run_id), 0, limits.db_load)
                 if wait > 0:
-                    self.limiter.release(f"run:{run_id}", holder)
-                    return Decision("wait", wait + _jitter(0.05), "database load")
+                    self.limiter.release(scope, holder)
+                    return self._wait(run_id, member, wait, limits, cap, rows, "database load")
         except redis.RedisError as exc:
             return Decision("wait", _jitter(2.0), f"limiter unavailable: {type(exc).__name__}")
         if health.level == "soft":
             return Decision("go", reason=f"backing off: {health.reason}")
         return Decision("go")
 
+    def _wait(
+        self,
+        run_id: int,
+        member: str | None,
+        earliest: float,
+        limits: Limits,
+        cap: int,
+        rows: int,
+        reason: str,
+    ) -> Decision:
+        if member is None:
+            return Decision("wait", earliest + _jitter(0.05), reason)
+        pace = self._pace(run_id, limits, cap, rows)
+        delay = self.limiter.turn(f"run:{run_id}", member, earliest, pace, TURN_HORIZON)
+        return Decision("wait", max(delay, 0.01), reason)
+
+    def _pace(self, run_id: int, limits: Limits, cap: int, rows: int) -> float:
+        """Seconds between chunk starts that the run's tightest limit allows, less a quarter.
+
+        A chunk asked back too early only looks again, and by then it is first in line and
+        told the budget's exact wait; one asked back late wastes the budget. Hence the
+        quarter, and no database-load term until a chunk of the run was timed.
+        """
+        mine = self._cost.get(run_id)
+        pace = (mine or limits.chunk_time) / cap
+        if limits.rows_per_second:
+            pace = max(pace, rows / limits.rows_per_second)
+        if limits.db_load:
+            # What chunks of the run took on any worker (this one may not have run one yet).
+            typical = self.limiter.typical(db_time_scope(run_id)) or mine
+            if typical:
+                pace = max(pace, typical / limits.db_load)
+        return 0.75 * pace
+
     def done(self, run_id: int, holder: str, seconds: float = 0.0) -> None:
         """Give the slot back and charge the database time the chunk took."""
         with contextlib.suppress(redis.RedisError):  # else the slot's lease ends it
             self.limiter.release(f"run:{run_id}", holder)
+        if seconds > 0:
+            last = self._cost.get(run_id)
+            self._cost[run_id] = seconds if last is None else 0.7 * last + 0.3 * seconds
         cached = self._control.get(run_id)  # as check() just read it: no query here
         if cached is None or seconds <= 0 or not cached[2].db_load:
             return

@@ -11,6 +11,7 @@ throughput (bench/oltp_impact.py); a DBA with spare cores raises it at runtime
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -56,6 +57,15 @@ class Limits:
             db_load=_optional(data.get("db_load", DEFAULT_DB_LOAD)),
             health=health,
         ).checked()
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks that may run at once: a run bounded to an average load of 0.15 busy
+        connections never keeps two busy together (two chunks side by side take both cores
+        of a small server from the application, however long the run then rests)."""
+        if self.db_load is None:
+            return self.max_concurrency
+        return max(1, min(self.max_concurrency, math.ceil(self.db_load)))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -66,7 +66,14 @@ def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     rt = runtime(self.request.hostname)
     spec = rt.executor.context(run_id).spec
     holder = f"{rt.worker}:{chunk_no}"
-    decision = rt.gate.check(run_id, spec, holder, spec.chunk_size)
+    decision = rt.gate.check(
+        run_id,
+        spec,
+        holder,
+        spec.chunk_size,
+        member=str(chunk_no),
+        queued=bool(self.request.retries),
+    )
     if decision.kind == "wait" and _settled(rt, run_id, chunk_no):
         # A redelivery or duplicate of a finished chunk must not wait out the throttle; asked
         # only here, so a chunk that may go pays no extra query (its claim finds it done).

@@ -136,3 +136,57 @@ def test_plan_estimate_counts_every_bound() -> None:
     assert estimate_seconds(100, 1_000_000, 96, Limits(db_load=0.15)) == pytest.approx(64.0)
     slow = Limits(db_load=0.15, rows_per_second=10_000)
     assert estimate_seconds(100, 1_000_000, 96, slow) == pytest.approx(100.0)
+
+
+def test_waiting_chunks_come_back_one_pace_apart_in_the_order_they_came() -> None:
+    """The backlog comes back one chunk at a time, not all at once when the budget allows one."""
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    assert [lim.turn("r", str(n), 1.0, 2.0, 30.0) for n in range(4)] == [1.0, 3.0, 5.0, 7.0]
+    clock.now += 1.0
+    assert lim.turn("r", "0", 0.25, 2.0, 30.0) == 0.25  # its turn, but the budget says wait
+    assert lim.turn("r", "2", 0.0, 2.0, 30.0) == 4.0  # back early: keeps its place
+    lim.leave("r", "0")  # it went
+    assert lim.turn("r", "2", 0.0, 2.0, 30.0) == 2.0
+    assert lim.turn("r", "9", 0.0, 0.5, 30.0) == 1.5  # a newcomer joins the end, at the new pace
+
+
+def test_a_place_past_the_horizon_is_looked_at_again_and_kept() -> None:
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    assert lim.turn("r", "a", 1.0, 50.0, 10.0) == 1.0
+    assert lim.turn("r", "b", 1.0, 50.0, 10.0) == 10.0  # due at 51 s: looks again at 10 s
+    clock.now += 10.0
+    assert lim.turn("r", "b", 0.0, 50.0, 10.0) == 10.0
+    lim.leave("r", "a")
+    assert lim.turn("r", "b", 0.0, 50.0, 10.0) == 0.0  # first in line now
+
+
+def test_chunks_that_never_came_back_leave_the_line_and_a_cleared_line_starts_afresh() -> None:
+    from workers.throttle.redis import TURN_GRACE
+
+    clock = Clock()
+    lim = MemoryLimiter(clock)
+    lim.turn("r", "a", 1.0, 5.0, 30.0)
+    clock.now += 1.0 + TURN_GRACE + 0.1  # "a" was due back long ago: it went, or died
+    assert lim.turn("r", "b", 1.0, 5.0, 30.0) == 1.0
+    lim.turn("r", "c", 1.0, 5.0, 30.0)
+    lim.clear_line("r")
+    assert lim.turn("r", "c", 0.5, 5.0, 30.0) == 0.5
+
+
+def test_charges_keep_a_typical_cost() -> None:
+    lim = MemoryLimiter(Clock())
+    assert lim.typical("db") is None
+    lim.charge("db", 1.0, 0.5)
+    lim.charge("db", 2.0, 0.5)
+    assert lim.typical("db") == pytest.approx(1.3)
+
+
+def test_db_load_below_one_runs_one_chunk_at_a_time() -> None:
+    from workers.limits import Limits
+
+    assert Limits(max_concurrency=4, db_load=0.15).in_flight == 1
+    assert Limits(max_concurrency=4, db_load=2.5).in_flight == 3
+    assert Limits(max_concurrency=2, db_load=None).in_flight == 2
+    assert Limits(max_concurrency=2, db_load=8).in_flight == 2

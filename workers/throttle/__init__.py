@@ -5,7 +5,14 @@ frees itself when its lease ends) and a token bucket bounds rows per second
 (it may go into debt by one chunk, so any chunk size fits any rate); a second
 bucket, charged after each chunk with the seconds its transaction took, bounds
 the database time a run takes (its average load, in busy connections). Adding
-workers only fills the budget, never exceeds it. ``MemoryLimiter`` is the
+workers only fills the budget, never exceeds it.
+
+A chunk that must wait takes a place in the run's line and is retried when its
+turn should come: its place times the run's pace. Without the line every
+waiting task would be retried when the budget next allows one chunk: the
+whole backlog (a worker holds any number of countdown tasks) woke together,
+one went, the rest were sent again, dozens of Celery round trips a second
+spent on a run that is meant to be gentle. ``MemoryLimiter`` is the
 in-process twin for unit tests.
 """
 
@@ -29,6 +36,20 @@ class Limiter(Protocol):
 
     def charge(self, scope: str, amount: float, rate: float) -> None:
         """Spend ``amount`` already used, into debt if need be (costs known afterwards)."""
+
+    def typical(self, scope: str) -> float | None:
+        """The smoothed charge of ``scope``'s bucket (a chunk's database time), once charged."""
+
+    def turn(self, scope: str, member: str, earliest: float, pace: float, horizon: float) -> float:
+        """Seconds until ``member`` should look again: ``earliest`` plus its place in
+        ``scope``'s line (kept while it waits; a newcomer joins the end) times ``pace``; at
+        most ``horizon``, so that it looks again before its broker forgets it."""
+
+    def leave(self, scope: str, member: str) -> None:
+        """Take ``member`` out of the line (it went, or it never will)."""
+
+    def clear_line(self, scope: str) -> None:
+        """Forget ``scope``'s line: new limits make a new one."""
 
 
 __all__ = ["Limiter", "MemoryLimiter", "RedisLimiter"]

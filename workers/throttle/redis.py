@@ -1,10 +1,12 @@
-"""The Redis backend: two small Lua scripts, atomic, timed by the Redis server's clock.
+"""The Redis backend: small Lua scripts, atomic, timed by the Redis server's clock.
 
-No maintained library fits both needs here (``limits`` pins redis-py < 8, which
-kombu no longer needs; neither offers a leased semaphore), so the scripts are
-ours: a sorted set of holders scored by lease end, and a token bucket kept as
-(tokens, timestamp) that may go into debt by one request. A charge (what a
-chunk turned out to cost, known only after it ran) always goes into debt.
+No maintained library fits these needs (``limits`` pins redis-py < 8, which
+kombu no longer needs; none offers a leased semaphore or a line of turns), so
+the scripts are ours: a sorted set of holders scored by lease end, a token
+bucket kept as (tokens, timestamp) that may go into debt by one request (a
+charge, what a chunk turned out to cost, known only after it ran, always goes
+into debt, and is smoothed into the bucket's typical charge), and the line of
+waiting chunks: two sorted sets, by arrival and by when each is due back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+
+# Seconds a waiting chunk keeps its place after it was due back: a task returns a little late
+# when its worker was busy with another chunk.
+TURN_GRACE = 10.0
 
 SEMAPHORE = """
 local t = redis.call('TIME')
@@ -40,8 +46,37 @@ if tokens < 0 and ARGV[3] ~= '1' then
   return tostring(-tokens / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens - amount, 'ts', now)
+if ARGV[3] == '1' then
+  local typical = tonumber(redis.call('HGET', KEYS[1], 'typical'))
+  typical = typical and (0.7 * typical + 0.3 * amount) or amount
+  redis.call('HSET', KEYS[1], 'typical', typical)
+end
 redis.call('EXPIRE', KEYS[1], 3600)
 return '0'
+"""
+
+
+# The line of waiting chunks, in order of arrival (KEYS[1]), and when each is due back
+# (KEYS[2]). A chunk already in the line keeps its place; its countdown is its place times
+# the run's pace, recomputed each time it looks (so a better estimate of the pace corrects
+# the line within a horizon). One not back `grace` seconds after it was due has gone.
+TURN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local grace = tonumber(ARGV[5])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - grace)
+for _, m in ipairs(gone) do redis.call('ZREM', KEYS[1], m) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - grace)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+end
+local place = redis.call('ZRANK', KEYS[1], ARGV[1])
+local delay = math.min(tonumber(ARGV[2]) + place * tonumber(ARGV[3]), tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], now + delay, ARGV[1])
+local ttl = math.ceil(tonumber(ARGV[4]) + grace) + 60
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return tostring(delay)
 """
 
 
@@ -53,11 +88,17 @@ def bucket_key(scope: str) -> str:
     return f"ferry:bucket:{scope}"
 
 
+def line_keys(scope: str) -> list[str]:
+    # One script touches both: the braces keep them in one hash slot of a Redis Cluster.
+    return [f"ferry:line:{{{scope}}}", f"ferry:due:{{{scope}}}"]
+
+
 class RedisLimiter:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._semaphore = client.register_script(SEMAPHORE)
         self._bucket = client.register_script(BUCKET)
+        self._turn = client.register_script(TURN)
 
     @classmethod
     def from_url(cls, url: str) -> RedisLimiter:
@@ -74,6 +115,23 @@ class RedisLimiter:
 
     def charge(self, scope: str, amount: float, rate: float) -> None:
         self._bucket(keys=[bucket_key(scope)], args=[amount, rate, 1])
+
+    def typical(self, scope: str) -> float | None:
+        value = self.client.hget(bucket_key(scope), "typical")
+        return float(value) if value else None
+
+    def turn(self, scope: str, member: str, earliest: float, pace: float, horizon: float) -> float:
+        args = [member, earliest, pace, horizon, TURN_GRACE]
+        return float(self._turn(keys=line_keys(scope), args=args))
+
+    def leave(self, scope: str, member: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in line_keys(scope):
+            pipe.zrem(key, member)
+        pipe.execute()
+
+    def clear_line(self, scope: str) -> None:
+        self.client.delete(*line_keys(scope))
 
     def holders(self, scope: str) -> int:
         return int(self.client.zcard(slots_key(scope)))
