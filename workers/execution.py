@@ -81,12 +81,23 @@ class ChunkExecutor:
             return result
 
     def _apply(self, run_id: int, chunk_no: int) -> ChunkResult:
-        try:
-            claim = self.ledger.claim(run_id, chunk_no, self.worker, self.settings.lease_seconds)
-        except psycopg.Error as exc:
-            raise classify(exc) from exc
-        if claim is None:
-            return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
+        # One connection for the claim and the chunk transaction: one checkout, one ping.
+        with self.db.connect() as conn:
+            try:
+                claim = self.ledger.claim(
+                    conn, run_id, chunk_no, self.worker, self.settings.lease_seconds
+                )
+            except psycopg.Error as exc:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                raise classify(exc) from exc
+            if claim is None:
+                return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
+            return self._claimed(conn, run_id, chunk_no, claim)
+
+    def _claimed(
+        self, conn: Conn, run_id: int, chunk_no: int, claim: Mapping[str, Any]
+    ) -> ChunkResult:
         attempt = int(claim["attempts"])
         if attempt > self.settings.max_attempts:
             raise PermanentChunkError(f"gave up after {attempt - 1} attempts")
@@ -98,20 +109,19 @@ class ChunkExecutor:
             keep = sizing.cut(planned, claim["target_rows"])
             if keep is not None and self._split(ctx, chunk_no, keep, planned or sizing.ceiling):
                 planned = keep
-        with self.db.connect() as conn:
-            try:
-                result = self._apply_in_transaction(conn, ctx, chunk_no)
-            except BaseException as exc:
-                # On a lost connection the rollback fails too: keep the real error, which
-                # says the chunk is worth retrying.
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-                if not isinstance(exc, FerryError | psycopg.Error):
-                    raise
-                err = classify(exc)
-                if err.sqlstate == QUERY_CANCELED and not rerun:
-                    self._halve(ctx, chunk_no, sizing, planned, claim["target_rows"])
-                raise _last_try(err, attempt, self.settings.max_attempts) from exc
+        try:
+            result = self._apply_in_transaction(conn, ctx, chunk_no)
+        except BaseException as exc:
+            # On a lost connection the rollback fails too: keep the real error, which
+            # says the chunk is worth retrying.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            if not isinstance(exc, FerryError | psycopg.Error):
+                raise
+            err = classify(exc)
+            if err.sqlstate == QUERY_CANCELED and not rerun:
+                self._halve(ctx, chunk_no, sizing, planned, claim["target_rows"])
+            raise _last_try(err, attempt, self.settings.max_attempts) from exc
         if result.outcome == "done":
             self.progress.chunk_done(
                 run_id,
@@ -210,8 +220,18 @@ class ChunkExecutor:
         except psycopg.Error as exc:  # a lost estimate only means the next chunk re-measures
             log.info("run %s target not saved: %s", run_id, describe(exc))
 
-    def _begin(self, conn: Conn) -> None:
+    def _begin(self, conn: Conn, ids: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Open the chunk transaction and lock its ledger row: the chunk's state, or None.
+
+        The settings and the lock go out pipelined with BEGIN, in one round trip.
+        """
         conn.rollback()
+        with conn.pipeline():
+            self._settings(conn)
+            cur = conn.execute(q("lock_chunk"), ids)
+        return cur.fetchone()
+
+    def _settings(self, conn: Conn) -> None:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, true),"
             " set_config('statement_timeout', %s, true),"
@@ -230,8 +250,7 @@ class ChunkExecutor:
     def _apply_in_transaction(self, conn: Conn, ctx: RunContext, chunk_no: int) -> ChunkResult:
         run_id = ctx.run_id
         ids = {"run_id": run_id, "chunk_no": chunk_no}
-        self._begin(conn)
-        state = conn.execute(q("lock_chunk"), ids).fetchone()
+        state = self._begin(conn, ids)
         if state is None or state["status"] not in ("pending", "running"):
             conn.rollback()
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")

@@ -156,10 +156,15 @@ class Ledger:
         The run row is locked before counting, so of two workers finishing the last
         chunks at once, the later one sees both and ends the run.
         """
+        with self.db.connect() as conn:
+            # Asked after every chunk: one round trip (BEGIN, query and COMMIT pipelined).
+            with conn.pipeline():
+                cur = conn.execute(q("run_active"), {"run_id": run_id})
+                conn.commit()
+            quick = cur.fetchone()
+        if quick is None or (quick["active"] and quick["status"] == "running"):
+            return None  # the worker finishing the last chunk will end the run
         with self.db.transaction() as conn:
-            quick = conn.execute(q("run_active"), {"run_id": run_id}).fetchone()
-            if quick is None or (quick["active"] and quick["status"] == "running"):
-                return None  # the worker finishing the last chunk will end the run
             row = conn.execute(q("lock_run"), {"run_id": run_id}).fetchone()
             if row is None or row["status"] not in ("running", "rolling_back"):
                 return None
@@ -183,15 +188,21 @@ class Ledger:
 
     # -- chunks --------------------------------------------------------------------------------
     def claim(
-        self, run_id: int, chunk_no: int, worker: str, lease: float
+        self, conn: Conn, run_id: int, chunk_no: int, worker: str, lease: float
     ) -> Mapping[str, Any] | None:
-        with self.db.transaction() as conn:
-            # A lost claim only leaves the chunk pending, so it need not wait for a WAL flush.
+        """Mark the chunk running under a lease, committed on ``conn`` before its work starts
+        (the sweeper must see the lease while the chunk transaction runs)."""
+        conn.rollback()
+        # One round trip: BEGIN, the setting, the claim and COMMIT go out pipelined. A lost
+        # claim only leaves the chunk pending, so it need not wait for a WAL flush.
+        with conn.pipeline():
             conn.execute("SET LOCAL synchronous_commit = off")
-            return conn.execute(
+            cur = conn.execute(
                 q("claim_chunk"),
                 {"run_id": run_id, "chunk_no": chunk_no, "worker": worker, "lease": lease},
-            ).fetchone()
+            )
+            conn.commit()
+        return cur.fetchone()
 
     def release(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
         with self.db.transaction() as conn:
