@@ -1,11 +1,12 @@
 """A run's limits: what ``ferry throttle`` changes at runtime, stored with the run.
 
-Defaults are deliberately gentle: two chunks in flight, half-second chunks,
-chunk transactions busy 0.15 of a database connection on average (``db_load``),
-and database-health thresholds past which workers back off (soft) or pause
-the run (critical). The db-load default is what kept an OLTP load that already
-saturates a 2-core server within 2x its p99 and at 70 % or more of its
-throughput (bench/oltp_impact.py); a DBA with spare cores raises it at runtime
+Defaults are deliberately gentle: two chunks in flight (one while the db load
+is below 1), half-second chunks, chunk transactions busy 0.15 of a database
+connection on average (``db_load``), and database-health thresholds past which
+workers back off (soft) or pause the run (critical). The db-load default is
+what kept an OLTP load that already saturates a 2-core server near 2x its p99
+and at 70 % or more of its throughput (bench/oltp_impact.py: the figures move
+from run to run); a DBA with spare cores raises it at runtime
 (``ferry throttle RUN --db-load 2``) and the backfill speeds up within seconds.
 """
 
