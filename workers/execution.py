@@ -220,19 +220,14 @@ class ChunkExecutor:
         except psycopg.Error as exc:  # a lost estimate only means the next chunk re-measures
             log.info("run %s target not saved: %s", run_id, describe(exc))
 
-    def _begin(
-        self, conn: Conn, ctx: RunContext, ids: Mapping[str, Any]
-    ) -> Mapping[str, Any] | None:
+    def _begin(self, conn: Conn, ids: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Open the chunk transaction and lock its ledger row: the chunk's state, or None.
 
-        The settings, the pandas path's temp table and the lock go out pipelined with
-        BEGIN, in one round trip.
+        The settings and the lock go out pipelined with BEGIN, in one round trip.
         """
         conn.rollback()
         with conn.pipeline():
             self._settings(conn)
-            if ctx.transform is not None:
-                conn.execute(ctx.statements.create_input())
             cur = conn.execute(q("lock_chunk"), ids)
         return cur.fetchone()
 
@@ -255,7 +250,7 @@ class ChunkExecutor:
     def _apply_in_transaction(self, conn: Conn, ctx: RunContext, chunk_no: int) -> ChunkResult:
         run_id = ctx.run_id
         ids = {"run_id": run_id, "chunk_no": chunk_no}
-        state = self._begin(conn, ctx, ids)
+        state = self._begin(conn, ids)
         if state is None or state["status"] not in ("pending", "running"):
             conn.rollback()
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
@@ -277,7 +272,7 @@ class ChunkExecutor:
             with step("ferry.lock"):
                 conn.execute(ctx.statements.lock_rows(key_range))
         else:  # the COPY that reads the chunk takes its row locks
-            rows_read = stage_input(conn, ctx, key_range, lock=True, declared=True)
+            rows_read = stage_input(conn, ctx, key_range, lock=True)
         args = ChunkArgs(
             run_id=run_id,
             chunk_no=chunk_no,
@@ -298,7 +293,7 @@ class ChunkExecutor:
                 f"with action fail: {rule.error_message}"
             )
         duration_ms = (time.perf_counter() - started) * 1000
-        with step("ferry.commit"), conn.pipeline():  # the done mark and COMMIT, one trip
+        with step("ferry.commit"):
             conn.execute(
                 q("finish_chunk"),
                 {
