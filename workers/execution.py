@@ -223,13 +223,12 @@ class ChunkExecutor:
     def _begin(self, conn: Conn, ids: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Open the chunk transaction and lock its ledger row: the chunk's state, or None.
 
-        The settings and the lock go out pipelined with BEGIN, in one round trip.
+        Not pipelined (see Ledger.claim): the idle-in-transaction timeout that frees a cut-off
+        worker's locks is armed only when the server has answered a Sync.
         """
         conn.rollback()
-        with conn.pipeline():
-            self._settings(conn)
-            cur = conn.execute(q("lock_chunk"), ids)
-        return cur.fetchone()
+        self._settings(conn)
+        return conn.execute(q("lock_chunk"), ids).fetchone()
 
     def _settings(self, conn: Conn) -> None:
         conn.execute(

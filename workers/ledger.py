@@ -157,7 +157,8 @@ class Ledger:
         chunks at once, the later one sees both and ends the run.
         """
         with self.db.connect() as conn:
-            # Asked after every chunk: one round trip (BEGIN, query and COMMIT pipelined).
+            # Asked after every chunk: one round trip (BEGIN, query and COMMIT pipelined; it
+            # takes no lock, so a client cut off mid-pipeline leaves nothing held).
             with conn.pipeline():
                 cur = conn.execute(q("run_active"), {"run_id": run_id})
                 conn.commit()
@@ -193,16 +194,17 @@ class Ledger:
         """Mark the chunk running under a lease, committed on ``conn`` before its work starts
         (the sweeper must see the lease while the chunk transaction runs)."""
         conn.rollback()
-        # One round trip: BEGIN, the setting, the claim and COMMIT go out pipelined. A lost
-        # claim only leaves the chunk pending, so it need not wait for a WAL flush.
-        with conn.pipeline():
-            conn.execute("SET LOCAL synchronous_commit = off")
-            cur = conn.execute(
-                q("claim_chunk"),
-                {"run_id": run_id, "chunk_no": chunk_no, "worker": worker, "lease": lease},
-            )
-            conn.commit()
-        return cur.fetchone()
+        # Not pipelined: a client cut off between a pipeline's statements and its Sync leaves
+        # its backend holding the locks taken so far, waiting with no idle timeout armed (seen
+        # in tests/cluster). A lost claim only leaves the chunk pending, so it need not wait
+        # for a WAL flush.
+        conn.execute("SET LOCAL synchronous_commit = off")
+        row = conn.execute(
+            q("claim_chunk"),
+            {"run_id": run_id, "chunk_no": chunk_no, "worker": worker, "lease": lease},
+        ).fetchone()
+        conn.commit()
+        return row
 
     def release(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
         with self.db.transaction() as conn:
