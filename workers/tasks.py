@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from celery import shared_task
 
 from migrations.errors import PermanentChunkError, TransientChunkError
@@ -18,6 +19,8 @@ from workers.runtime import Runtime, runtime
 from workers.telemetry import chunk_outcome, throttled
 
 log = logging.getLogger("ferry.tasks")
+# How long a worker that cannot reach PostgreSQL takes no new chunk (see _step_aside).
+UNREACHABLE_PAUSE_S = 5.0
 
 
 def backoff(retries: int, base: float, cap: float) -> float:
@@ -43,6 +46,28 @@ def _transient(
     return task.retry(countdown=delay)
 
 
+def _step_aside(task: Any, run_id: int, chunk_no: int, exc: sa.exc.DBAPIError) -> dict[str, Any]:
+    """This worker cannot open a connection to PostgreSQL: hand the chunk back at once, then
+    take no task for a few seconds.
+
+    A worker cut off from the database but not from the broker fails every chunk at once, so
+    it is the idle worker that wins every message, the retries included: the run stalls on
+    the one host that cannot do it. Resting while the re-sent chunk waits in the queue lets a
+    worker that can reach the database take it. Not a throttle wait: this process has no
+    work it could do anyway.
+    """
+    log.warning(
+        "chunk %s/%s handed back: no connection to PostgreSQL (%s)",
+        run_id,
+        chunk_no,
+        type(exc.orig or exc).__name__,
+    )
+    chunk_outcome(run_id, "retried")
+    task.retry(countdown=0.5, throw=False)
+    time.sleep(UNREACHABLE_PAUSE_S * random.uniform(0.8, 1.2))
+    return {"run": run_id, "chunk": chunk_no, "outcome": "unreachable"}
+
+
 def _settled(rt: Runtime, run_id: int, chunk_no: int) -> bool:
     try:
         return rt.ledger.settled(run_id, chunk_no)
@@ -64,6 +89,13 @@ def _settled(rt: Runtime, run_id: int, chunk_no: int) -> bool:
 def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
     """Apply chunk ``chunk_no`` of run ``run_id`` (a no-op when it is already done)."""
     rt = runtime(self.request.hostname)
+    try:
+        return _chunk(self, rt, run_id, chunk_no)
+    except sa.exc.DBAPIError as exc:  # the pool could not connect (a done chunk sent again: no-op)
+        return _step_aside(self, run_id, chunk_no, exc)
+
+
+def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]:
     spec = rt.executor.context(run_id).spec
     holder = f"{rt.worker}:{chunk_no}"
     decision = rt.gate.check(

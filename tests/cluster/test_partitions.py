@@ -110,7 +110,7 @@ def _partition(
             "WHERE run_id = %s AND status <> 'done' ORDER BY chunk_no",
             (run_id,),
         ).fetchall()
-        heal()
+        heal()  # once: a second `ip route del` of the same blackhole fails
         wait_run(db, run_id, timeout=60)
     exactly_once(db, table, run_id, expected, ROWS)
     rows = db.execute(
@@ -121,8 +121,8 @@ def _partition(
     redone = {int(c): (host_of(w), float(t)) for c, w, t in rows}
     table_before, ledger_before = fingerprint(db, table), ledger_snapshot(db, run_id)
 
-    heal()
-    if not stuck:
+    if not stuck:  # else healed above already
+        heal()
         # The stale worker's late attempt on each chunk it held that another host finished:
         # its commit fails (PostgreSQL ended the transaction) or it finds the chunk done. It
         # may end before the heal: a cut of the host's outgoing packets to PostgreSQL still
