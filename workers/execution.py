@@ -85,7 +85,12 @@ class ChunkExecutor:
         with self.db.connect() as conn:
             try:
                 claim = self.ledger.claim(
-                    conn, run_id, chunk_no, self.worker, self.settings.lease_seconds
+                    conn,
+                    run_id,
+                    chunk_no,
+                    self.worker,
+                    self.settings.lease_seconds,
+                    self.settings.idle_in_transaction_timeout_ms,
                 )
             except psycopg.Error as exc:
                 with contextlib.suppress(psycopg.Error):

@@ -189,16 +189,27 @@ class Ledger:
 
     # -- chunks --------------------------------------------------------------------------------
     def claim(
-        self, conn: Conn, run_id: int, chunk_no: int, worker: str, lease: float
+        self,
+        conn: Conn,
+        run_id: int,
+        chunk_no: int,
+        worker: str,
+        lease: float,
+        idle_timeout_ms: int,
     ) -> Mapping[str, Any] | None:
         """Mark the chunk running under a lease, committed on ``conn`` before its work starts
         (the sweeper must see the lease while the chunk transaction runs)."""
         conn.rollback()
         # Not pipelined: a client cut off between a pipeline's statements and its Sync leaves
         # its backend holding the locks taken so far, waiting with no idle timeout armed (seen
-        # in tests/cluster). A lost claim only leaves the chunk pending, so it need not wait
-        # for a WAL flush.
-        conn.execute("SET LOCAL synchronous_commit = off")
+        # in tests/cluster). The idle timeout also ends a claim cut off before its COMMIT,
+        # which would hold the chunk's row. A lost claim only leaves the chunk pending, so it
+        # need not wait for a WAL flush.
+        conn.execute(
+            "SELECT set_config('synchronous_commit', 'off', true),"
+            " set_config('idle_in_transaction_session_timeout', %s, true)",
+            (f"{idle_timeout_ms}ms",),
+        )
         row = conn.execute(
             q("claim_chunk"),
             {"run_id": run_id, "chunk_no": chunk_no, "worker": worker, "lease": lease},
