@@ -67,4 +67,10 @@ def test_flower_starts_with_basic_auth(env: dict[str, str], redis_url: str) -> N
         assert _get(f"{base}/workers", "ops:wrong") == 401
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            # Flower's shutdown waits on its broker connection; once in CI it outlived 20 s.
+            # What is tested is the login, not how fast Flower exits: do not leak the process.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
