@@ -59,7 +59,8 @@ def spread(spans: Sequence[Span], edges: Sequence[float]) -> list[float]:
         for i in range(len(totals)):
             overlap = min(hi, edges[i + 1]) - max(lo, edges[i])
             if overlap > 0:
-                totals[i] += s.amount * overlap / (hi - lo)
+                # The share first: amount × overlap can underflow where the share cannot.
+                totals[i] += s.amount * (overlap / (hi - lo))
     return totals
 
 
