@@ -232,10 +232,6 @@ class ChunkExecutor:
         worker's locks is armed only when the server has answered a Sync.
         """
         conn.rollback()
-        self._settings(conn)
-        return conn.execute(q("lock_chunk"), ids).fetchone()
-
-    def _settings(self, conn: Conn) -> None:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, true),"
             " set_config('statement_timeout', %s, true),"
@@ -250,6 +246,7 @@ class ChunkExecutor:
                 f"{self.settings.idle_in_transaction_timeout_ms}ms",
             ),
         )
+        return conn.execute(q("lock_chunk"), ids).fetchone()
 
     def _apply_in_transaction(self, conn: Conn, ctx: RunContext, chunk_no: int) -> ChunkResult:
         run_id = ctx.run_id

@@ -32,7 +32,7 @@ from workers.db import Database
 from workers.ledger import q
 from workers.limits import Limits
 from workers.model import RunSpec
-from workers.throttle import Limiter
+from workers.throttle import Limiter, smoothed
 
 log = logging.getLogger("ferry.gate")
 CONTROL_TTL = 1.0
@@ -124,21 +124,18 @@ class Gate:
         holder: str,
         rows: int,
         *,
-        member: str | None = None,
+        member: str,
         queued: bool = False,
     ) -> Decision:
-        """May the chunk go now? ``member`` names it in the run's line of waiting chunks
-        (without one a wait is a plain jittered countdown); ``queued``: its task waited before,
-        so it may hold a turn to give up once it goes."""
+        """May the chunk go now? ``member`` names it in the run's line of waiting chunks;
+        ``queued``: its task waited before, so it may hold a place to give up once it goes."""
         decision = self._check(run_id, spec, holder, rows, member)
-        if queued and member is not None and decision.kind != "wait":
+        if queued and decision.kind != "wait":
             with contextlib.suppress(redis.RedisError):  # an unused turn expires by itself
                 self.limiter.leave(f"run:{run_id}", member)
         return decision
 
-    def _check(
-        self, run_id: int, spec: RunSpec, holder: str, rows: int, member: str | None
-    ) -> Decision:
+    def _check(self, run_id: int, spec: RunSpec, holder: str, rows: int, member: str) -> Decision:
         if self.memory_mb and resident_mb() > self.memory_mb:
             # Over its memory limit this process declines new chunks; Celery recycles it
             # after its current task (worker_max_memory_per_child), then it takes work again.
@@ -186,15 +183,13 @@ class Gate:
     def _wait(
         self,
         run_id: int,
-        member: str | None,
+        member: str,
         earliest: float,
         limits: Limits,
         cap: int,
         rows: int,
         reason: str,
     ) -> Decision:
-        if member is None:
-            return Decision("wait", earliest + _jitter(0.05), reason)
         pace = self._pace(run_id, limits, cap, rows)
         delay = self.limiter.turn(f"run:{run_id}", member, earliest, pace, TURN_HORIZON)
         return Decision("wait", max(delay, 0.01), reason)
@@ -222,8 +217,7 @@ class Gate:
         with contextlib.suppress(redis.RedisError):  # else the slot's lease ends it
             self.limiter.release(f"run:{run_id}", holder)
         if seconds > 0:
-            last = self._cost.get(run_id)
-            self._cost[run_id] = seconds if last is None else 0.7 * last + 0.3 * seconds
+            self._cost[run_id] = smoothed(self._cost.get(run_id), seconds)
         cached = self._control.get(run_id)  # as check() just read it: no query here
         if cached is None or seconds <= 0 or not cached[2].db_load:
             return

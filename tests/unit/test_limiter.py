@@ -85,7 +85,7 @@ def test_worker_over_its_memory_limit_declines_chunks() -> None:
     from workers.gate import Gate
 
     gate = Gate(db=None, limiter=MemoryLimiter(), lease=5, memory_mb=1)  # type: ignore[arg-type]
-    decision = gate.check(1, spec=None, holder="w:1", rows=10)  # type: ignore[arg-type]
+    decision = gate.check(1, spec=None, holder="w:1", rows=10, member="1")  # type: ignore[arg-type]
     assert decision.kind == "wait" and decision.reason == "worker memory limit"
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from workers.throttle.memory import MemoryLimiter
-from workers.throttle.redis import RedisLimiter
+from workers.throttle.redis import RedisLimiter, smoothed
 
 
 class Limiter(Protocol):
@@ -52,4 +52,4 @@ class Limiter(Protocol):
         """Forget ``scope``'s line: new limits make a new one."""
 
 
-__all__ = ["Limiter", "MemoryLimiter", "RedisLimiter"]
+__all__ = ["Limiter", "MemoryLimiter", "RedisLimiter", "smoothed"]

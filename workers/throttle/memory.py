@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from workers.throttle.redis import TURN_GRACE
+from workers.throttle.redis import TURN_GRACE, smoothed
 
 
 class MemoryLimiter:
@@ -42,8 +42,7 @@ class MemoryLimiter:
 
     def charge(self, scope: str, amount: float, rate: float) -> None:
         self.take(scope, amount, rate, force=True)
-        last = self.typicals.get(scope)
-        self.typicals[scope] = amount if last is None else 0.7 * last + 0.3 * amount
+        self.typicals[scope] = smoothed(self.typicals.get(scope), amount)
 
     def typical(self, scope: str) -> float | None:
         return self.typicals.get(scope)

@@ -46,7 +46,7 @@ if tokens < 0 and ARGV[3] ~= '1' then
   return tostring(-tokens / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens - amount, 'ts', now)
-if ARGV[3] == '1' then
+if ARGV[3] == '1' then  -- as smoothed() below
   local typical = tonumber(redis.call('HGET', KEYS[1], 'typical'))
   typical = typical and (0.7 * typical + 0.3 * amount) or amount
   redis.call('HSET', KEYS[1], 'typical', typical)
@@ -78,6 +78,11 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 return tostring(delay)
 """
+
+
+def smoothed(last: float | None, new: float) -> float:
+    """A chunk cost smoothed over the last few chunks (the bucket script does the same)."""
+    return new if last is None else 0.7 * last + 0.3 * new
 
 
 def slots_key(scope: str) -> str:
