@@ -25,7 +25,6 @@ from coordinator.roles import create_roles
 from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
 from workers.catalog import average_row_bytes, data_directory, has_lz4, sample_size_bytes
-from workers.celery_app import make_app
 from workers.db import Database
 from workers.dispatch import Dispatcher
 from workers.failures import describe
@@ -34,7 +33,6 @@ from workers.limits import Limits
 from workers.model import RunSpec
 from workers.progress import RedisProgress
 from workers.settings import Settings
-from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange, Statements, pre_image_layout
 from workers.sweeper import sweep
 from workers.telemetry import launch_span
@@ -66,6 +64,9 @@ class Context:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
+        # Celery is imported by the commands that send tasks only (a fifth of a second each)
+        from workers.celery_app import make_app
+
         return Dispatcher(make_app(self.settings), self.settings.queue)
 
     def clear_line(self, run_id: int) -> None:
@@ -327,6 +328,8 @@ def _preflight(
         with conn.transaction(force_rollback=True):
             read = None
             if spec.mode == "pandas":
+                from workers.staging import RunContext, stage_input  # pandas: this path only
+
                 read = stage_input(conn, RunContext.build(run_id, spec), sample)
             args = ChunkArgs(
                 run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight", rows_read=read

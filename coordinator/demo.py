@@ -30,7 +30,6 @@ from sqlalchemy.engine import make_url
 
 from coordinator import commands, embedded, health, render
 from coordinator import verify as verification
-from coordinator.demo_backfills import BACKFILLS
 from coordinator.demo_data import EXPAND_MIGRATION, build_patients
 from coordinator.demo_state import State
 from migrations.errors import CheckFailed
@@ -138,6 +137,8 @@ def _backfill(ctx: commands.Context, name: str) -> dict[str, Any]:
     reference = f"coordinator.demo_backfills:{name}"
     result = commands.launch(ctx, reference, limits=Limits(db_load=DEMO_DB_LOAD))
     assert result.run_id is not None
+    from coordinator.demo_backfills import BACKFILLS  # built from transforms: pandas
+
     status = render.follow(result.chunks, commands.poller(ctx, result.run_id), BACKFILLS[name])
     h = health.health(ctx, result.run_id)
     report = verification.verify(ctx, result.run_id) if status.startswith("completed") else None
@@ -252,6 +253,8 @@ def _run_demo(opts: Options, state: State) -> None:
             )
         applied = _schema_up(ctx, _migrations_dir(state))
         render.console.print(f"schema: applied {', '.join(applied) or 'nothing'}")
+        from coordinator.demo_backfills import BACKFILLS
+
         results = [_backfill(ctx, name) for name in BACKFILLS]
         ok = _summary(results, opts.rows, time.monotonic() - began)
         if opts.keep:

@@ -29,7 +29,6 @@ from workers.checks import Checks
 from workers.failures import describe
 from workers.ledger import q
 from workers.model import Run
-from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange, Statements
 
 Conn = psycopg.Connection[Any]
@@ -193,6 +192,8 @@ def _checksum(
     try:
         with conn.transaction(force_rollback=True):
             rng = KeyRange(None, whole.hi, tuple(keys))
+            from workers.staging import RunContext, stage_input  # pandas: when a run needs it
+
             run_ctx = RunContext.build(run.id, run.spec)
             read = None
             if run_ctx.transform is not None:

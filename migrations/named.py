@@ -9,27 +9,36 @@ fingerprint covers the parameters and the library code that runs them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-import transforms
 from migrations.errors import SpecError
 
-Transform = Callable[[pd.DataFrame], pd.DataFrame]
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The library (and pandas with it) is imported when a named transform is first looked at:
+# every ``ferry`` command imports this module, and most of them never run a transform.
+Transform = Callable[["pd.DataFrame"], "pd.DataFrame"]
 Step = tuple[str, dict[str, Any]]
 
-# Factories a Backfill may name: those returning fn(df) -> df from plain parameters. pipeline
-# composes steps itself; cached_reference and clear_reference_cache are not transforms.
-NAMEABLE = frozenset(transforms.__all__) - {
-    "pipeline",
-    "cached_reference",
-    "clear_reference_cache",
-}
+
+@functools.cache
+def nameable() -> frozenset[str]:
+    """Factories a Backfill may name: those returning fn(df) -> df from plain parameters.
+    pipeline composes steps itself; cached_reference and clear_reference_cache are not
+    transforms."""
+    import transforms
+
+    return frozenset(transforms.__all__) - {
+        "pipeline",
+        "cached_reference",
+        "clear_reference_cache",
+    }
 
 
 def parse_steps(transform: object, params: Mapping[str, Any] | None) -> tuple[Step, ...] | None:
@@ -52,8 +61,8 @@ def parse_steps(transform: object, params: Mapping[str, Any] | None) -> tuple[St
         raise SpecError("a transform pipeline needs at least one step")
     checked: list[Step] = []
     for name, step_params in steps:
-        if not isinstance(name, str) or name not in NAMEABLE:
-            known = ", ".join(sorted(NAMEABLE))
+        if not isinstance(name, str) or name not in nameable():
+            known = ", ".join(sorted(nameable()))
             raise SpecError(f"unknown transform {name!r}: the library has {known}")
         if not isinstance(step_params, Mapping):
             raise SpecError(f"params of {name} must be a mapping of parameter names to values")
@@ -68,6 +77,8 @@ def parse_steps(transform: object, params: Mapping[str, Any] | None) -> tuple[St
 
 def build(steps: tuple[Step, ...]) -> Transform:
     """The transform the steps describe (factories' ValueError becomes SpecError)."""
+    import transforms
+
     made = []
     for name, params in steps:
         factory = getattr(transforms, name)
@@ -81,6 +92,8 @@ def build(steps: tuple[Step, ...]) -> Transform:
 def identity(steps: tuple[Step, ...]) -> dict[str, Any]:
     """Name, steps and a fingerprint of the parameters and of the library code that runs them."""
     digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode())
+    import transforms
+
     for name, _ in steps:
         module = inspect.getmodule(getattr(transforms, name))
         digest.update(inspect.getsource(module).encode() if module else name.encode())

@@ -15,9 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from migrations.classification import check_columns as check_phi
 from migrations.errors import SpecError
@@ -26,10 +24,13 @@ from migrations.named import Step, parse_steps
 from migrations.named import build as build_named
 from migrations.named import identity as named_identity
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 RuleType = Literal["format", "range", "reference", "custom"]
 Severity = Literal["warning", "error"]
 Action = Literal["skip", "fail", "transform"]
-Transform = Callable[[pd.DataFrame], pd.DataFrame]
+Transform = Callable[["pd.DataFrame"], "pd.DataFrame"]  # pandas is imported by who runs one
 
 RULE_TYPES: tuple[str, ...] = ("format", "range", "reference", "custom")
 SEVERITIES: tuple[str, ...] = ("warning", "error")
