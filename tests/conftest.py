@@ -9,10 +9,12 @@ rings that need them locally, and fail them under CI (CI=true).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +32,37 @@ SERVER = os.environ.get("FERRY_TEST_SERVER", "postgresql://postgres@127.0.0.1:54
 REDIS = os.environ.get("FERRY_TEST_REDIS", "redis://127.0.0.1:6379/15")
 SESSION_CLAIM = "ferry-test:session"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n``, a module's tests stay on one worker (its module fixtures start
+    servers once); a module that names a group of its own (``tests/cluster``: one set of
+    network namespaces) shares a worker with the rest of that group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Parallel workers of one ``pytest -n`` run share the machine; a test marked ``alone``
+    has it to itself.
+
+    Those are the tests that restart the shared Redis or time a lease to the second: beside
+    another worker's test they would break it or be broken by it. Every other test takes a
+    shared flock, these an exclusive one; nothing is taken when the run is not parallel.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(Path(tempfile.gettempdir()) / f"ferry-test-{run}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _unavailable(what: str, exc: BaseException) -> None:

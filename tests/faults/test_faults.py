@@ -181,6 +181,7 @@ def _restart_redis(session_redis: str) -> None:
     raise AssertionError("redis did not come back")
 
 
+@pytest.mark.alone  # restarts the Redis every worker shares
 @pytest.mark.skipif(not os.access("/var/lib", os.W_OK), reason="needs to restart Redis")
 def test_redis_restarted_mid_run(
     db: psycopg.Connection[Any], own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
@@ -247,11 +248,18 @@ def test_same_task_delivered_twice_at_once(
     pool.start("d0")
     pool.start("d1")
     assert wait_run(db, run_id, timeout=120) == "completed"
-    deadline = time.monotonic() + 30  # let the duplicates drain (some were throttled)
-    while pool.logs().count("'outcome': 'noop'") < 15 and time.monotonic() < deadline:
+    # Let the duplicates drain. One that found its twin still running waited its turn and, back
+    # after the run ended, stops instead (as a busy machine makes more of them do): both
+    # outcomes left everything as it was, which _exactly_once proves below.
+    deadline = time.monotonic() + 30
+
+    def idle() -> int:
+        logs = pool.logs()
+        return logs.count("'outcome': 'noop'") + logs.count("'outcome': 'stop'")
+
+    while idle() < 15 and time.monotonic() < deadline:
         time.sleep(0.5)
-    logs = pool.logs()
-    assert logs.count("'outcome': 'noop'") >= 15, logs[-2000:]
+    assert idle() >= 15, pool.logs()[-2000:]
     _exactly_once(db, own_env, "twice", run_id, before, expected, 10_000)
 
 

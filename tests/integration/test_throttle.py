@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.conftest import WorkerPool, ferry
 from tests.helpers import (
@@ -107,6 +108,7 @@ def test_db_load_bounds_the_database_time_of_the_run(
     assert fingerprint(db, "loaded") == expected
 
 
+@pytest.mark.alone  # times a lease to 1.5 s
 def test_killed_workers_slot_frees_within_the_lease(
     db: psycopg.Connection[Any], own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
 ) -> None:
