@@ -259,7 +259,9 @@ def main() -> None:
     try:
         for round_no in range(1, args.repeat + 1):
             print(f"round {round_no} of {args.repeat}", flush=True)
-            for tag, label, fn in chosen:
+            # every other round backwards: the machine's speed drifts within a round, and a
+            # fixed order would hand the same contenders the slow end of it every time
+            for tag, label, fn in chosen if round_no % 2 else chosen[::-1]:
                 table = f"bench_{tag}"
                 fresh(table)
                 if fn is None:

@@ -6,13 +6,15 @@ A pgbench-style load (4 client processes, each a point UPDATE then a point SELEC
 key, autocommit) runs alone, then while one whole-table UPDATE rewrites the table, then while
 Ferry backfills the same column with 2 worker processes and its default limits (and once
 more for each ``--db-load`` given, 0 meaning no database-load bound). Each prints
-transactions/s and p50/p99/max latency, measured in this one run on the same table.
+transactions/s and p50/p99/max latency, measured in this one run on the same table; the load
+alone is measured before and after the rest, and the ratios are to both windows together.
 Needs the local PostgreSQL and Redis; creates database ferry_oltp, flushes Redis db 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import multiprocessing as mp
 import random
 import statistics
@@ -51,30 +53,54 @@ def setup(rows: int) -> None:
             (rows,),
         )
         conn.execute("VACUUM ANALYZE patients")
+        conn.execute("CHECKPOINT")  # as reset ends: every contender starts just after one
 
 
 def reset() -> None:
+    """The table as ``setup`` left it, in content and in size.
+
+    VACUUM FULL, not VACUUM: a plain vacuum leaves the table and its index at the size the
+    updates grew them to (here past shared_buffers), so the next contender's load would read
+    colder pages than the load measured alone did, and the difference would be charged to it.
+    """
     with psycopg.connect(URL, autocommit=True) as conn:
         conn.execute("UPDATE patients SET weight_kg = NULL")
-        conn.execute("VACUUM ANALYZE patients")
+        conn.execute("VACUUM (FULL, ANALYZE) patients")
         conn.execute("CHECKPOINT")
 
 
 def _client(seed: int, rows: int, stop: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Records (wall-clock start, ms) of each transaction: the start places it against chunks."""
     rng = random.Random(seed)
-    latencies = []
+    samples = []
     with psycopg.connect(URL, autocommit=True) as conn:
         while not stop.is_set():
             key = rng.randint(1, rows)
+            at = time.time()
             started = time.perf_counter()
             conn.execute("UPDATE patients SET visits = visits + 1 WHERE id = %s", (key,))
             conn.execute("SELECT * FROM patients WHERE id = %s", (key,)).fetchone()
-            latencies.append((time.perf_counter() - started) * 1000)
-    out.put(latencies)
+            samples.append((at, (time.perf_counter() - started) * 1000))
+    out.put(samples)
 
 
-def measure(rows: int, during: Callable[[], None]) -> tuple[dict[str, float], float]:
-    """Run the load while ``during`` runs; returns the load's figures and during's seconds."""
+def _figures(latencies: list[float], seconds: float) -> dict[str, float]:
+    latencies = sorted(latencies)
+    if not latencies:
+        return {"tps": 0.0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    return {
+        "tps": len(latencies) / seconds,
+        "p50": statistics.median(latencies),
+        "p99": latencies[int(0.99 * (len(latencies) - 1))],
+        "max": latencies[-1],
+    }
+
+
+Samples = list[tuple[float, float]]
+
+
+def measure(rows: int, during: Callable[[], None]) -> tuple[dict[str, float], float, Samples]:
+    """Run the load while ``during`` runs: the load's figures, during's seconds, the samples."""
     stop = mp.Event()
     out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     clients = [mp.Process(target=_client, args=(i, rows, stop, out)) for i in range(CLIENTS)]
@@ -85,16 +111,40 @@ def measure(rows: int, during: Callable[[], None]) -> tuple[dict[str, float], fl
     during()
     elapsed = time.perf_counter() - started
     stop.set()
-    latencies = sorted(x for _ in clients for x in out.get())
+    samples = [x for _ in clients for x in out.get()]
     for c in clients:
         c.join()
-    window = [x for x in latencies]  # the whole load, including its warm-up second
+    # the whole load, including its warm-up second
+    return _figures([ms for _, ms in samples], elapsed + 1.0), elapsed, samples
+
+
+def split_by_chunks(samples: Samples) -> dict[str, tuple[dict[str, float], float]]:
+    """The Ferry run's load split by whether a chunk transaction ran while it ran.
+
+    Tells the chunks' own cost (CPU and WAL while one runs) from what the run costs between
+    them (workers waiting their turn, the coordinator following the run).
+    """
+    with psycopg.connect(URL) as conn:
+        spans = conn.execute(
+            "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8"
+            " FROM ferry.chunks WHERE run_id = (SELECT max(id) FROM ferry.runs)"
+            " AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY 1"
+        ).fetchall()
+    starts = [a for a, _ in spans]
+    inside: list[float] = []
+    outside: list[float] = []
+    for at, ms in samples:
+        end = at + ms / 1000
+        i = bisect.bisect_right(starts, end) - 1  # the last chunk that began before it ended
+        overlaps = any(spans[j][1] >= at for j in range(max(i - 1, 0), i + 1) if j >= 0)
+        (inside if i >= 0 and overlaps else outside).append(ms)
+    busy = sum(b - a for a, b in spans)
+    first, last = min(at for at, _ in samples), max(at for at, _ in samples)
+    idle = max(last - first - busy, 1e-9)
     return {
-        "tps": len(window) / (elapsed + 1.0),
-        "p50": statistics.median(window),
-        "p99": window[int(0.99 * (len(window) - 1))],
-        "max": window[-1],
-    }, elapsed
+        "while a chunk ran": (_figures(inside, max(busy, 1e-9)), busy),
+        "between chunks": (_figures(outside, idle), idle),
+    }
 
 
 def single_update() -> None:
@@ -143,7 +193,7 @@ def main() -> None:
         f"b = Backfill(table='patients', key='id', reads=['weight_lb'], "
         f"writes=['weight_kg'], sql={{'weight_kg': {EXPR!r}}})\n"
     )
-    results: dict[str, tuple[dict[str, float], float]] = {}
+    results: dict[str, tuple[dict[str, float], float, Samples]] = {}
     results["alone"] = measure(args.rows, lambda: time.sleep(args.window))
     print("  alone", flush=True)
     results["one UPDATE"] = measure(args.rows, single_update)
@@ -152,24 +202,44 @@ def main() -> None:
     workers = start_workers(2, {"FERRY_DATABASE_URL": URL, "FERRY_REDIS_URL": REDIS}, "oltp", QUEUE)
     try:
         results["Ferry, default limits"] = measure(args.rows, ferry_backfill(spec))
+        splits = {"Ferry, default limits": split_by_chunks(results["Ferry, default limits"][2])}
         print("  Ferry", flush=True)
         for load in args.db_load:
             reset()
             name = f"Ferry, db load {load:g}" if load else "Ferry, no db-load bound"
             results[name] = measure(args.rows, ferry_backfill(spec, load))
+            splits[name] = split_by_chunks(results[name][2])
             print(f"  {name}", flush=True)
     finally:
         stop_workers(workers)
-    base = results["alone"][0]
+    # The machine's own speed drifts by a quarter within minutes: the load alone is measured
+    # again after Ferry, on the table reset the same way, and the ratios are taken against
+    # both windows together, so a fast or slow first window does not decide them.
+    reset()
+    results["alone, after"] = measure(args.rows, lambda: time.sleep(args.window))
+    print("  alone, after", flush=True)
+    pooled = results["alone"][2] + results["alone, after"][2]
+    base = _figures([ms for _, ms in pooled], 2 * (args.window + 1.0))
+    results["alone, both windows"] = (base, 0.0, pooled)
     print("\n(2 cores shared by PostgreSQL, the load and the workers)")
     print("| during | tps | p50 ms | p99 ms | max ms | tps vs alone | p99 vs alone | writer s |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, (r, secs) in results.items():
+    for name, (r, secs, _) in results.items():
         print(
             f"| {name} | {r['tps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.0f} | "
             f"{r['tps'] / base['tps']:.2f} | {r['p99'] / base['p99']:.2f} | "
-            f"{'-' if name == 'alone' else f'{secs:.1f}'} |"
+            f"{'-' if name.startswith('alone') else f'{secs:.1f}'} |"
         )
+    print("\nEach Ferry run's load, by whether a chunk transaction overlapped it:")
+    print("| run | load | tps | p50 ms | p99 ms | max ms | tps vs alone | p99 vs alone | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run, split in splits.items():
+        for name, (r, secs) in split.items():
+            print(
+                f"| {run} | {name} | {r['tps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                f"{r['max']:.0f} | {r['tps'] / base['tps']:.2f} | {r['p99'] / base['p99']:.2f} | "
+                f"{secs:.1f} |"
+            )
     f = results["Ferry, default limits"][0]
     checks = {
         "p99 <= 2x alone": f["p99"] <= 2 * base["p99"],
