@@ -325,6 +325,18 @@ def report(
         f"(e) >= 0.85x (d): {ratio('e', 'd')}"
     )
 
+    def rounds(tag: str, floor: str) -> str:
+        if not (times[tag] and len(times[tag]) == len(times[floor])):
+            return "-"
+        return ", ".join(f"{f / t:.2f}" for t, f in zip(times[tag], times[floor], strict=True))
+
+    # The machine's speed moves ±25 % within minutes: the spread of one ratio over rounds is
+    # what tells a real change from noise.
+    print(
+        f"each round: (c)/(a) {rounds('c', 'a')}; (c)/(b) {rounds('c', 'b')}; "
+        f"(e)/(d) {rounds('e', 'd')}"
+    )
+
 
 if __name__ == "__main__":
     main()
