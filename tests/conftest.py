@@ -34,15 +34,6 @@ SESSION_CLAIM = "ferry-test:session"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n``, a module's tests stay on one worker (its module fixtures start
-    servers once); a module that names a group of its own (``tests/cluster``: one set of
-    network namespaces) shares a worker with the rest of that group."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 @pytest.fixture(autouse=True)
 def _machine_share(request: pytest.FixtureRequest) -> Iterator[None]:
     """Parallel workers of one ``pytest -n`` run share the machine; a test marked ``alone``

@@ -6,14 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.cluster.netns import Cluster, HostWorkers
 from tests.cluster.proofs import chunks_by_host, exactly_once
 from tests.helpers import launch, prepare_reference, slow_spec, wait_run
-
-# One set of namespaces with fixed names: every test of it on one worker.
-pytestmark = pytest.mark.xdist_group("cluster")
 
 
 def test_run_across_three_hosts(

@@ -30,9 +30,6 @@ from tests.cluster.proofs import (
 )
 from tests.helpers import fingerprint, launch, prepare_reference, slow_spec, wait_run
 
-# One set of namespaces with fixed names: every test of it on one worker.
-pytestmark = pytest.mark.xdist_group("cluster")
-
 Conn = psycopg.Connection[Any]
 ROWS = 15_000
 # A cut host's open chunk transaction keeps its locks until PostgreSQL ends it at the
