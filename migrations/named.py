@@ -91,9 +91,9 @@ def build(steps: tuple[Step, ...]) -> Transform:
 
 def identity(steps: tuple[Step, ...]) -> dict[str, Any]:
     """Name, steps and a fingerprint of the parameters and of the library code that runs them."""
-    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode())
     import transforms
 
+    digest = hashlib.sha256(json.dumps(steps, sort_keys=True).encode())
     for name, _ in steps:
         module = inspect.getmodule(getattr(transforms, name))
         digest.update(inspect.getsource(module).encode() if module else name.encode())
