@@ -130,15 +130,19 @@ def split_by_chunks(samples: Samples) -> dict[str, tuple[dict[str, float], float
             " FROM ferry.chunks WHERE run_id = (SELECT max(id) FROM ferry.runs)"
             " AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY 1"
         ).fetchall()
-    starts = [a for a, _ in spans]
+    merged: list[list[float]] = []  # chunks in flight together count once
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    starts = [a for a, _ in merged]
     inside: list[float] = []
     outside: list[float] = []
     for at, ms in samples:
-        end = at + ms / 1000
-        i = bisect.bisect_right(starts, end) - 1  # the last chunk that began before it ended
-        overlaps = any(spans[j][1] >= at for j in range(max(i - 1, 0), i + 1) if j >= 0)
-        (inside if i >= 0 and overlaps else outside).append(ms)
-    busy = sum(b - a for a, b in spans)
+        i = bisect.bisect_right(starts, at + ms / 1000) - 1  # the last span begun before its end
+        (inside if i >= 0 and merged[i][1] >= at else outside).append(ms)
+    busy = sum(b - a for a, b in merged)
     first, last = min(at for at, _ in samples), max(at for at, _ in samples)
     idle = max(last - first - busy, 1e-9)
     return {
