@@ -179,6 +179,8 @@ def _checksum(
     sample: int,
     rows: int,
 ) -> dict[str, Any]:
+    from workers.staging import RunContext, stage_input  # pandas: verify imports it, not ferry
+
     percent = 100.0 * min(1.0, 2.0 * sample / max(rows, 1))
     keys = [
         r["k"]
@@ -192,8 +194,6 @@ def _checksum(
     try:
         with conn.transaction(force_rollback=True):
             rng = KeyRange(None, whole.hi, tuple(keys))
-            from workers.staging import RunContext, stage_input  # pandas: when a run needs it
-
             run_ctx = RunContext.build(run.id, run.spec)
             read = None
             if run_ctx.transform is not None:
