@@ -381,6 +381,32 @@ class HostWorkers:
             app.close()
         raise HarnessError(f"{sorted(names)} did not answer within {timeout:.0f}s")
 
+    def wait_idle(self, host: Host, timeout: float) -> None:
+        """Wait until no worker of ``host`` has a task in hand.
+
+        A pool child that was publishing to the broker when the link went down waits, like the
+        main process's connections, for TCP's next retransmission after the heal: until then
+        the host answers pings but takes no new task.
+        """
+        from workers.celery_app import make_app
+        from workers.settings import Settings
+
+        names = sorted(
+            f"{key.split('-', 1)[1]}@{host.name}" for key in self.procs if key.startswith(host.name)
+        )
+        local = {**self.env, "FERRY_REDIS_URL": self.redis_local}
+        app = make_app(Settings.from_env(local))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                active = app.control.inspect(destination=names, timeout=1.0).active() or {}
+                if set(names) <= set(active) and not any(active.values()):
+                    return
+                time.sleep(0.5)
+        finally:
+            app.close()
+        raise HarnessError(f"{names} still busy after {timeout:.0f}s")
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

@@ -136,7 +136,7 @@ def _partition(
             )
             assert late is not None, f"no late attempt on chunk {chunk_no}: {hosts.logs()[-3000:]}"
     hosts.wait_answering(host, timeout=60)
-    time.sleep(1.0)  # anything else the healed worker still had in hand
+    hosts.wait_idle(host, timeout=90)  # anything else the healed worker still had in hand
     assert fingerprint(db, table) == table_before
     assert ledger_snapshot(db, run_id) == ledger_before
     _rejoins(db, env, tmp_path, host.name, f"{table}_again")
