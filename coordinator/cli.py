@@ -324,7 +324,7 @@ def resume(obj: dict[str, Any], run_id: int) -> None:
     """Continue a run from the ledger (after losing Redis, workers or the coordinator)."""
     with _context(obj) as ctx:
         result = commands.resume(ctx, run_id)
-    click.echo(f"run {run_id}: {result['dispatched']} pending chunk(s) sent again")
+    click.echo(f"run {run_id}: {result['pending']} pending chunk(s); {_window(result)}")
 
 
 @main.command()
@@ -337,10 +337,17 @@ def retry(obj: dict[str, Any], run_id: int, quarantined: bool) -> None:
     with _context(obj) as ctx:
         if quarantined:
             result = quarantine.retry_quarantined(ctx, run_id)
-            click.echo(f"run {run_id}: quarantined rows of {result['dispatched']} chunk(s) sent")
+            click.echo(
+                f"run {run_id}: quarantined rows of {result['chunks']} chunk(s) to re-run; "
+                + _window(result)
+            )
         else:
             result = commands.retry(ctx, run_id)
-            click.echo(f"run {run_id}: {result['dispatched']} chunk(s) sent again")
+            click.echo(f"run {run_id}: {result['pending']} chunk(s) to run; {_window(result)}")
+
+
+def _window(result: dict[str, Any]) -> str:
+    return f"{result['dispatched']} sent now, the rest as chunks finish"
 
 
 @main.command()

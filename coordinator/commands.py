@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,7 @@ from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
 from workers.catalog import average_row_bytes, data_directory, has_lz4, sample_size_bytes
 from workers.db import Database
-from workers.dispatch import Dispatcher
+from workers.dispatch import Dispatcher, send_window
 from workers.failures import describe
 from workers.ledger import Ledger, q
 from workers.limits import Limits
@@ -159,7 +159,8 @@ def launch(
     limits: Limits | None = None,
     force: bool = False,
 ) -> Plan:
-    """Plan a run, record it with its chunks in one transaction, then send one task per chunk.
+    """Plan a run, record it with its chunks in one transaction, then send the first window of
+    them (Limits.window): each chunk that settles sends the next, one task per chunk in all.
 
     With ``catch_up``, the run covers exactly the rows of that earlier run which the
     application changed after their chunk was applied (see ``ferry verify``).
@@ -180,7 +181,7 @@ def launch(
         span.set_attribute("ferry.run_id", prepared.run_id)
         span.set_attribute("ferry.chunks", prepared.chunks)
         if prepared.chunks:
-            ctx.dispatcher.send_chunks(prepared.run_id, range(prepared.chunks))
+            send_window(ctx.ledger, ctx.dispatcher, prepared.run_id, limits or Limits())
     return prepared
 
 
@@ -380,7 +381,8 @@ def _row_count(
 # -- control -------------------------------------------------------------------------------
 def resume(ctx: Context, run_id: int) -> dict[str, Any]:
     """Continue a run from the ledger: after ``ferry pause``, a health pause, or losing the
-    coordinator, Redis or workers. Pending chunks are sent again (a duplicate is a no-op)."""
+    coordinator, Redis or workers. A window of the pending chunks is sent again (a duplicate
+    is a no-op) and they release the rest."""
     with ctx.db.transaction() as conn:
         run = ctx.ledger.get_run(run_id, conn)
         if run.status not in ("running", "paused"):
@@ -388,18 +390,30 @@ def resume(ctx: Context, run_id: int) -> dict[str, Any]:
         conn.execute(q("reopen_run"), {"run_id": run_id, "from": ["paused"]})
     ctx.clear_line(run_id)
     requeued = sweep(ctx.ledger, ctx.dispatcher)
-    pending = ctx.ledger.pending(run_id)
-    ctx.dispatcher.send_chunks(run_id, pending, queue=run.params.get("queue"))
+    pending = len(ctx.ledger.pending(run_id))
+    sent = send_again(ctx, run_id, run.params)
     with ctx.db.transaction() as conn:
         ctx.ledger.audit(
             conn,
             actor=ctx.settings.actor,
             action="resume",
             run_id=run_id,
-            params={"dispatched": len(pending), "requeued": len(requeued), "was": run.status},
+            params={
+                "pending": pending,
+                "dispatched": sent,
+                "requeued": len(requeued),
+                "was": run.status,
+            },
         )
     ctx.ledger.finalize_run(run_id)
-    return {"run_id": run_id, "dispatched": len(pending)}
+    return {"run_id": run_id, "dispatched": sent, "pending": pending}
+
+
+def send_again(ctx: Context, run_id: int, params: Mapping[str, Any]) -> int:
+    """Send a window of the run's pending chunks, all counted as unsent first: how many."""
+    limits = Limits.from_json(params.get("limits"))
+    queue = params.get("queue")
+    return len(send_window(ctx.ledger, ctx.dispatcher, run_id, limits, queue=queue, again=True))
 
 
 def retry(ctx: Context, run_id: int) -> dict[str, Any]:
@@ -418,9 +432,8 @@ def retry(ctx: Context, run_id: int) -> dict[str, Any]:
             run_id=run_id,
             params={"chunks": len(failed)},
         )
-    chunks = sorted(set(failed) | set(ctx.ledger.pending(run_id)))
-    ctx.dispatcher.send_chunks(run_id, chunks, queue=run.params.get("queue"))
-    return {"run_id": run_id, "dispatched": len(chunks)}
+    pending = len(ctx.ledger.pending(run_id))
+    return {"run_id": run_id, "dispatched": send_again(ctx, run_id, run.params), "pending": pending}
 
 
 def rollback(

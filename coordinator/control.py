@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 
 from coordinator.commands import Context
 from migrations.errors import CheckFailed
+from workers.dispatch import send_window
 from workers.ledger import q
 from workers.limits import Limits
 
@@ -59,4 +60,8 @@ def throttle(ctx: Context, run_id: int, **changes: Any) -> dict[str, Any]:
             params={k: v for k, v in changes.items() if v is not None},
         )
     ctx.clear_line(run_id)  # the chunks waiting take new turns at the new pace
-    return {"run_id": run_id, "limits": limits.to_json()}
+    sent = []
+    if run.status == "running":  # a wider window is filled now, not as chunks finish
+        queue = run.params.get("queue")
+        sent = send_window(ctx.ledger, ctx.dispatcher, run_id, limits, queue=queue)
+    return {"run_id": run_id, "limits": limits.to_json(), "dispatched": len(sent)}

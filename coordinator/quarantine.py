@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from coordinator.commands import Context
+from coordinator.commands import Context, send_again
 from migrations.errors import CheckFailed
 from migrations.masking import MASK, mask_value
 from workers.encryption import unmasked_rows
@@ -137,5 +137,5 @@ def retry_quarantined(ctx: Context, run_id: int) -> dict[str, Any]:
             run_id=run_id,
             params={"quarantined": True, "chunks": len(chunks)},
         )
-    ctx.dispatcher.send_chunks(run_id, chunks, queue=run.params.get("queue"))
-    return {"run_id": run_id, "dispatched": len(chunks)}
+    sent = send_again(ctx, run_id, run.params)
+    return {"run_id": run_id, "dispatched": sent, "chunks": len(chunks)}

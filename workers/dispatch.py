@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from workers.ledger import Ledger
+from workers.limits import Limits
+
 CHUNK_TASK = "ferry.chunk"
 ROLLBACK_TASK = "ferry.rollback_chunk"
 
@@ -52,3 +55,22 @@ class Dispatcher:
                 )
                 sent += 1
         return sent
+
+
+def send_window(
+    ledger: Ledger,
+    dispatcher: Dispatcher,
+    run_id: int,
+    limits: Limits,
+    *,
+    queue: str | None = None,
+    again: bool = False,
+) -> list[int]:
+    """Send the next window of the run's chunks (see Ledger.release_window); their numbers.
+
+    The rest stay held back in the ledger: each chunk that settles releases the next, so the
+    broker holds about ``limits.window`` tasks of a run however many chunks it has.
+    """
+    released = ledger.release_window(run_id, limits.window, again=again)
+    dispatcher.send_chunks(run_id, released, queue=queue)
+    return released

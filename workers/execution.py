@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from migrations.errors import (
 from workers.db import Database
 from workers.failures import RuleFailure, classify, describe
 from workers.ledger import Ledger, q
+from workers.limits import Limits
 from workers.model import ChunkResult
 from workers.progress import ProgressStore
 from workers.settings import Settings
@@ -42,8 +43,8 @@ log = logging.getLogger("ferry.chunk")
 Conn = psycopg.Connection[Any]
 # statement_timeout (or an operator's cancel): the chunk is too big for its time budget.
 QUERY_CANCELED = "57014"
-# Sends the task of a chunk cut off another: (run, chunk, the run's queue).
-Spawn = Callable[[int, int, str | None], None]
+# Sends the tasks of the chunks a settled chunk released: (run, chunks, the run's queue).
+Send = Callable[[int, Sequence[int], str | None], None]
 
 
 class ChunkExecutor:
@@ -54,14 +55,14 @@ class ChunkExecutor:
         settings: Settings,
         progress: ProgressStore,
         worker: str,
-        spawn: Spawn | None = None,
+        send: Send | None = None,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.settings = settings
         self.progress = progress
         self.worker = worker
-        self.spawn = spawn  # None: a cut-off chunk waits for the sweeper to send it
+        self.send = send  # None: released chunks wait for the stall sweep to send them
         self._contexts: OrderedDict[int, RunContext] = OrderedDict()
 
     def context(self, run_id: int) -> RunContext:
@@ -107,7 +108,8 @@ class ChunkExecutor:
         if attempt > self.settings.max_attempts:
             raise PermanentChunkError(f"gave up after {attempt - 1} attempts")
         ctx = self.context(run_id)
-        sizing = Sizing(ceiling=ctx.spec.chunk_size, chunk_time=float(claim["chunk_time"]))
+        limits = Limits.from_json(claim["limits"])
+        sizing = Sizing(ceiling=ctx.spec.chunk_size, chunk_time=limits.chunk_time)
         planned: int | None = claim["planned_rows"]
         rerun = claim["retry_keys"] is not None
         if not rerun:
@@ -115,7 +117,7 @@ class ChunkExecutor:
             if keep is not None and self._split(ctx, chunk_no, keep, planned or sizing.ceiling):
                 planned = keep
         try:
-            result = self._apply_in_transaction(conn, ctx, chunk_no)
+            result = self._apply_in_transaction(conn, ctx, chunk_no, limits.window)
         except BaseException as exc:
             # On a lost connection the rollback fails too: keep the real error, which
             # says the chunk is worth retrying.
@@ -127,6 +129,7 @@ class ChunkExecutor:
             if err.sqlstate == QUERY_CANCELED and not rerun:
                 self._halve(ctx, chunk_no, sizing, planned, claim["target_rows"])
             raise _last_try(err, attempt, self.settings.max_attempts) from exc
+        self.send_released(run_id, result.released, claim["queue"])
         if result.outcome == "done":
             self.progress.chunk_done(
                 run_id,
@@ -182,20 +185,21 @@ class ChunkExecutor:
         if born is None:
             return None
         log.info(
-            "chunk %s/%s cut at %s rows; rest is chunk %s",
+            "chunk %s/%s cut at %s rows; the rest is chunk %s, held back until released",
             ctx.run_id,
             chunk_no,
             keep,
             born["chunk_no"],
         )
-        if self.spawn is not None:
-            try:
-                self.spawn(ctx.run_id, int(born["chunk_no"]), born["queue"])
-            except Exception as exc:  # the sweeper re-sends a stalled run's pending chunks
-                log.warning(
-                    "chunk %s/%s not sent: %s", ctx.run_id, born["chunk_no"], type(exc).__name__
-                )
         return int(born["chunk_no"])
+
+    def send_released(self, run_id: int, chunks: Sequence[int], queue: str | None) -> None:
+        if not chunks or self.send is None:
+            return
+        try:
+            self.send(run_id, chunks, queue)
+        except Exception as exc:  # marked sent: the stall sweep sends a stalled run's chunks
+            log.warning("run %s: %d released chunk(s) not sent: %s", run_id, len(chunks), exc)
 
     def _halve(
         self,
@@ -248,7 +252,9 @@ class ChunkExecutor:
         )
         return conn.execute(q("lock_chunk"), ids).fetchone()
 
-    def _apply_in_transaction(self, conn: Conn, ctx: RunContext, chunk_no: int) -> ChunkResult:
+    def _apply_in_transaction(
+        self, conn: Conn, ctx: RunContext, chunk_no: int, window: int
+    ) -> ChunkResult:
         run_id = ctx.run_id
         ids = {"run_id": run_id, "chunk_no": chunk_no}
         state = self._begin(conn, ids)
@@ -295,15 +301,16 @@ class ChunkExecutor:
             )
         duration_ms = (time.perf_counter() - started) * 1000
         with step("ferry.commit"):
-            conn.execute(
+            released = conn.execute(
                 q("finish_chunk"),
                 {
                     **ids,
                     **_tally(counts, cleared, key_range),
                     "duration_ms": duration_ms,
                     "worker": self.worker,
+                    "window": window,
                 },
-            )
+            ).fetchall()
             conn.commit()
         return ChunkResult(
             run_id=run_id,
@@ -314,6 +321,7 @@ class ChunkExecutor:
             rows_quarantined=counts["rows_quarantined"],
             rows_warned=counts["rows_warned"],
             duration_ms=duration_ms,
+            released=tuple(sorted(r["chunk_no"] for r in released)),
         )
 
 

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
 from workers.db import Database
 from workers.failures import report
+from workers.limits import Limits
 from workers.model import Run
 from workers.queries import ledger_migrations, queries
 
@@ -221,11 +222,29 @@ class Ledger:
         with self.db.transaction() as conn:
             conn.execute(q("release_chunk"), self._failure(run_id, chunk_no, err))
 
-    def fail(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
+    def fail(self, run_id: int, chunk_no: int, err: ChunkError, window: int) -> list[int]:
+        """Mark the chunk failed; the chunks it releases (to send once this returns)."""
         with self.db.transaction() as conn:
             conn.execute(q("fail_chunk"), self._failure(run_id, chunk_no, err))
             if isinstance(err, RuleFailure):
                 conn.execute(q("stop_run"), {"run_id": run_id, "error": str(err)})
+                return []
+            return self._release(conn, run_id, window)
+
+    def release_window(self, run_id: int, window: int, *, again: bool = False) -> list[int]:
+        """Mark the run's next held-back chunks sent, up to ``window`` sent and unsettled;
+        their numbers, to send once this returns (a send lost after it is a stalled run's,
+        which the sweeper sends again). ``again``: first count every pending chunk as not
+        sent, for a run whose tasks may be lost (resumed, stalled, retried)."""
+        with self.db.transaction() as conn:
+            if again:
+                conn.execute(q("hold_back_pending"), {"run_id": run_id})
+            return self._release(conn, run_id, window)
+
+    @staticmethod
+    def _release(conn: Conn, run_id: int, window: int) -> list[int]:
+        rows = conn.execute(q("release_chunks"), {"run_id": run_id, "window": window})
+        return sorted(r["chunk_no"] for r in rows)
 
     @staticmethod
     def _failure(run_id: int, chunk_no: int, err: ChunkError) -> dict[str, Any]:
@@ -242,10 +261,10 @@ class Ledger:
             rows = conn.execute(q("requeue_expired")).fetchall()
         return [(r["run_id"], r["chunk_no"], r["queue"]) for r in rows]
 
-    def stalled_runs(self, stall_seconds: float) -> list[tuple[int, str | None]]:
+    def stalled_runs(self, stall_seconds: float) -> list[tuple[int, str | None, Limits]]:
         with self.db.transaction() as conn:
             rows = conn.execute(q("stalled_runs"), {"stall": stall_seconds}).fetchall()
-        return [(r["id"], r["queue"]) for r in rows]
+        return [(r["id"], r["queue"], Limits.from_json(r["limits"])) for r in rows]
 
     def settled(self, run_id: int, chunk_no: int) -> bool:
         """True when the chunk is done, failed, cancelled or rolled back (or never existed)."""

@@ -68,6 +68,13 @@ class Limits:
             return self.max_concurrency
         return max(1, min(self.max_concurrency, math.ceil(self.db_load)))
 
+    @property
+    def window(self) -> int:
+        """Chunks of the run sent to the broker and not yet settled (the rest wait in the
+        ledger): twice those that may run at once, so that a worker finishing a chunk finds
+        the next one queued, while the chunks that wait for the throttle stay few."""
+        return 2 * self.in_flight
+
     def to_json(self) -> dict[str, Any]:
         return {
             "max_concurrency": self.max_concurrency,

@@ -128,3 +128,4 @@ class ChunkResult:
     rows_warned: int = 0
     duration_ms: float = 0.0
     attempt: int = 0
+    released: tuple[int, ...] = ()  # chunks of the run this one's settling let go to the broker

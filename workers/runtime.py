@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from workers.db import Database
@@ -52,7 +53,7 @@ def runtime(hostname: str | None = None) -> Runtime:
             db=db,
             ledger=ledger,
             progress=progress,
-            executor=ChunkExecutor(db, ledger, settings, progress, name, spawn=_send_chunk),
+            executor=ChunkExecutor(db, ledger, settings, progress, name, send=_send_chunks),
             gate=Gate(
                 db,
                 RedisLimiter(progress.client),
@@ -66,9 +67,9 @@ def runtime(hostname: str | None = None) -> Runtime:
     return rt
 
 
-def _send_chunk(run_id: int, chunk_no: int, queue: str | None) -> None:
-    """Send the task of a chunk a worker cut off the one it claimed, to the run's queue."""
-    dispatcher(runtime()).send_chunks(run_id, [chunk_no], queue=queue)
+def _send_chunks(run_id: int, chunk_nos: Sequence[int], queue: str | None) -> None:
+    """Send the tasks of the chunks a settled chunk released, to the run's queue."""
+    dispatcher(runtime()).send_chunks(run_id, chunk_nos, queue=queue)
 
 
 def dispatcher(rt: Runtime) -> Dispatcher:

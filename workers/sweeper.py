@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from workers.dispatch import Dispatcher
+from workers.dispatch import Dispatcher, send_window
 from workers.ledger import Ledger
 from workers.progress import ProgressStore
 
@@ -34,8 +34,9 @@ def sweep(
 
     Two kinds are lost: chunks whose lease expired (their worker died), and, when
     ``stall_seconds`` is given, the pending chunks of a run that has had no activity
-    for that long while its queue is empty (the queue itself was lost). Sending a
-    chunk twice is harmless: the second delivery finds it done.
+    for that long while its queue is empty (the queue itself was lost, or a send after a
+    release): a window of them is sent again, and they release the rest. Sending a chunk
+    twice is harmless: the second delivery finds it done.
     """
     expired = ledger.requeue_expired()
     by_run: dict[tuple[int, str | None], list[int]] = {}
@@ -45,15 +46,12 @@ def sweep(
         log.warning("re-queueing %d chunk(s) of run %s whose lease expired", len(chunks), run_id)
         dispatcher.send_chunks(run_id, chunks, queue=queue)
     if stall_seconds is not None:
-        for run_id, queue in ledger.stalled_runs(stall_seconds):
+        for run_id, queue, limits in ledger.stalled_runs(stall_seconds):
             name = queue or dispatcher.queue
             if queue_length is not None and queue_length(name) > 0:
                 continue  # its tasks are still waiting behind others
-            pending = ledger.pending(run_id)
-            log.warning(
-                "run %s stalled with %d pending chunk(s): sending them again", run_id, len(pending)
-            )
-            dispatcher.send_chunks(run_id, pending, queue=queue)
+            sent = send_window(ledger, dispatcher, run_id, limits, queue=queue, again=True)
+            log.warning("run %s stalled: %d of its pending chunks sent again", run_id, len(sent))
     return expired
 
 

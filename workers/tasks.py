@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from celery import shared_task
 
 from migrations.errors import PermanentChunkError, TransientChunkError
+from workers.limits import Limits
 from workers.restore import restore_chunk
 from workers.runtime import Runtime, runtime
 from workers.telemetry import chunk_outcome, throttled
@@ -66,6 +67,14 @@ def _step_aside(task: Any, run_id: int, chunk_no: int, exc: sa.exc.DBAPIError) -
     task.retry(countdown=0.5, throw=False)
     time.sleep(UNREACHABLE_PAUSE_S * random.uniform(0.8, 1.2))
     return {"run": run_id, "chunk": chunk_no, "outcome": "unreachable"}
+
+
+def _fail(rt: Runtime, run_id: int, chunk_no: int, exc: PermanentChunkError) -> None:
+    """Fail the chunk; like a done one, it releases the run's next chunk to the broker."""
+    run = rt.ledger.get_run(run_id)
+    window = Limits.from_json(run.params.get("limits")).window
+    released = rt.ledger.fail(run_id, chunk_no, exc, window)
+    rt.executor.send_released(run_id, released, run.params.get("queue"))
 
 
 def _settled(rt: Runtime, run_id: int, chunk_no: int) -> bool:
@@ -131,7 +140,7 @@ def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]
         raise _transient(self, rt, run_id, chunk_no, exc, release=True) from None
     except PermanentChunkError as exc:
         chunk_outcome(run_id, "failed")
-        rt.ledger.fail(run_id, chunk_no, exc)
+        _fail(rt, run_id, chunk_no, exc)
         rt.progress.error(run_id, chunk_no, "failed", str(exc))
         log.warning("chunk %s/%s failed: %s", run_id, chunk_no, exc)
         rt.ledger.finalize_run(run_id)

@@ -283,7 +283,7 @@ def test_coordinator_killed_during_dispatch(
             (f"%{path.name}:b",),
         ).fetchone()
         run_id = row[0] if row else None
-    coordinator.kill()  # somewhere in the middle of sending 800 tasks
+    coordinator.kill()  # the run is recorded: before, while or after it sends its first window
     coordinator.wait()
     assert run_id is not None
     resumed = ferry("resume", str(run_id), env=own_env)

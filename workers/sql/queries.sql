@@ -31,7 +31,7 @@ UPDATE ferry.chunks c
  WHERE c.run_id = %(run_id)s AND c.chunk_no = %(chunk_no)s AND r.id = c.run_id
    AND c.status IN ('pending', 'running') AND r.status = 'running'
 RETURNING c.attempts, c.lo, c.hi, c.retry_keys, c.planned_rows, r.target_rows,
-          coalesce((r.params->'limits'->>'chunk_time')::float8, 0.5) AS chunk_time;
+          r.params->'limits' AS limits, r.params->>'queue' AS queue;
 
 -- name: lock_chunk
 -- Only the chunk's row is locked: commands that change the run's status never wait behind
@@ -55,7 +55,8 @@ SELECT pg_advisory_xact_lock(hashtext('ferry.split'), %(run_id)s::integer) AS lo
    FOR NO KEY UPDATE OF c;
 
 -- name: split_chunk
--- Cut chunk (lo, hi] at mid: it keeps (lo, mid], a new pending chunk gets (mid, hi].
+-- Cut chunk (lo, hi] at mid: it keeps (lo, mid], a new pending chunk gets (mid, hi], held back
+-- (sent_at NULL) until a chunk of the run settles and releases it.
 WITH cut AS (
     UPDATE ferry.chunks
        SET hi = %(mid)s, planned_rows = %(keep)s
@@ -70,9 +71,9 @@ WITH cut AS (
 ), counted AS (
     UPDATE ferry.runs SET total_chunks = total_chunks + 1
      WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM born)
-    RETURNING params->>'queue' AS queue
+    RETURNING id
 )
-SELECT born.chunk_no, counted.queue FROM born, counted;
+SELECT born.chunk_no FROM born, counted;
 
 -- name: set_target_rows
 -- Last writer wins: each worker's estimate is a smoothed measurement of the same run.
@@ -81,6 +82,8 @@ UPDATE ferry.runs SET target_rows = %(target)s
 
 -- name: finish_chunk
 -- A re-run of quarantined rows (rerun) adds to the chunk's counts instead of replacing them.
+-- The same statement releases the run's next chunks (ledger version 8): no round trip more.
+WITH finished AS (
 UPDATE ferry.chunks
    SET status = 'done',
        rows_read = CASE WHEN %(rerun)s THEN rows_read ELSE %(rows_read)s END,
@@ -96,7 +99,19 @@ UPDATE ferry.chunks
        finished_at = clock_timestamp(), duration_ms = %(duration_ms)s, worker = %(worker)s,
        lease_expires_at = NULL, error = NULL, error_info = NULL, retry_keys = NULL,
        applied_xid = pg_current_xact_id()
- WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s
+)
+SELECT chunk_no FROM ferry.release_chunks(%(run_id)s, %(window)s, %(chunk_no)s) AS chunk_no;
+
+-- name: release_chunks
+-- The run's next chunks to send, marked sent (see ferry.release_chunks).
+SELECT chunk_no FROM ferry.release_chunks(%(run_id)s, %(window)s, NULL) AS chunk_no;
+
+-- name: hold_back_pending
+-- Before a run's chunks are sent again from the ledger (resume, a stall, a retry): every
+-- pending chunk counts as not sent, whatever became of its task.
+UPDATE ferry.chunks SET sent_at = NULL
+ WHERE run_id = %(run_id)s AND status = 'pending' AND sent_at IS NOT NULL;
 
 -- name: clear_quarantine
 DELETE FROM ferry.quarantine
@@ -140,7 +155,7 @@ UPDATE ferry.runs SET status = %(status)s, finished_at = clock_timestamp()
 -- name: requeue_expired
 UPDATE ferry.chunks c
    SET status = 'pending', lease_expires_at = NULL, worker = NULL,
-       error = 'lease expired: worker lost'
+       error = 'lease expired: worker lost', sent_at = clock_timestamp()
  WHERE (c.run_id, c.chunk_no) IN (
         SELECT x.run_id, x.chunk_no
           FROM ferry.chunks x JOIN ferry.runs r ON r.id = x.run_id
@@ -283,7 +298,7 @@ SELECT has_table_privilege('ferry.quarantine_values', 'SELECT') AS ok;
 -- name: stalled_runs
 -- Running runs with work left, nothing in flight and no chunk activity for a while: their
 -- queued tasks were lost (a Redis restart without persistence, a coordinator killed mid-dispatch).
-SELECT r.id, r.params->>'queue' AS queue
+SELECT r.id, r.params->>'queue' AS queue, r.params->'limits' AS limits
   FROM ferry.runs r
  WHERE r.status = 'running'
    AND r.started_at < clock_timestamp() - make_interval(secs => %(stall)s)
