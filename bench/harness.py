@@ -31,7 +31,12 @@ def fresh_database(server: str, name: str) -> str:
 
 
 def start_workers(
-    count: int, env: dict[str, str], prefix: str, queue: str, log_dir: Path | None = None
+    count: int,
+    env: dict[str, str],
+    prefix: str,
+    queue: str,
+    log_dir: Path | None = None,
+    loglevel: str = "WARNING",
 ) -> list[subprocess.Popen[bytes]]:
     """``count`` worker processes of one pool child each, ready when this returns."""
     full_env = {**os.environ, **env, "FERRY_QUEUE": queue, "PYTHONPATH": str(ROOT)}
@@ -42,7 +47,7 @@ def start_workers(
             out = open(log_dir / f"{prefix}{i}.log", "wb")  # noqa: SIM115 - the child owns it
         procs.append(
             subprocess.Popen(
-                worker_command(f"{prefix}{i}", queue),
+                worker_command(f"{prefix}{i}", queue, loglevel=loglevel),
                 env=full_env,
                 cwd=ROOT,
                 stdout=out,
