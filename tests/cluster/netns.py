@@ -26,9 +26,10 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from workers.command import worker_command
@@ -363,23 +364,12 @@ class HostWorkers:
         A healed host's hung connections resume only at TCP's next retransmission, which backs
         off exponentially while the link is down: after a minute's cut, up to about a minute.
         """
-        from workers.celery_app import make_app
-        from workers.settings import Settings
 
-        names = {
-            f"{key.split('-', 1)[1]}@{host.name}" for key in self.procs if key.startswith(host.name)
-        }
-        local = {**self.env, "FERRY_REDIS_URL": self.redis_local}
-        app = make_app(Settings.from_env(local))
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                replies = app.control.ping(destination=sorted(names), timeout=1.0)
-                if names <= {name for reply in replies for name in reply}:
-                    return
-        finally:
-            app.close()
-        raise HarnessError(f"{sorted(names)} did not answer within {timeout:.0f}s")
+        def answered(control: Any, names: list[str]) -> bool:
+            replies = control.ping(destination=names, timeout=1.0)
+            return set(names) <= {name for reply in replies for name in reply}
+
+        self._until(host, timeout, answered, "did not answer")
 
     def wait_idle(self, host: Host, timeout: float) -> None:
         """Wait until no worker of ``host`` has a task in hand.
@@ -388,6 +378,17 @@ class HostWorkers:
         main process's connections, for TCP's next retransmission after the heal: until then
         the host answers pings but takes no new task.
         """
+
+        def idle(control: Any, names: list[str]) -> bool:
+            active = control.inspect(destination=names, timeout=1.0).active() or {}
+            return set(names) <= set(active) and not any(active.values())
+
+        self._until(host, timeout, idle, "still busy")
+
+    def _until(
+        self, host: Host, timeout: float, done: Callable[[Any, list[str]], bool], failure: str
+    ) -> None:
+        """Ask the workers of ``host`` over Celery's control channel until ``done`` says so."""
         from workers.celery_app import make_app
         from workers.settings import Settings
 
@@ -399,13 +400,11 @@ class HostWorkers:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                active = app.control.inspect(destination=names, timeout=1.0).active() or {}
-                if set(names) <= set(active) and not any(active.values()):
+                if done(app.control, names):
                     return
-                time.sleep(0.5)
         finally:
             app.close()
-        raise HarnessError(f"{names} still busy after {timeout:.0f}s")
+        raise HarnessError(f"{names} {failure} within {timeout:.0f}s")
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

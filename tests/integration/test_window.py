@@ -29,17 +29,38 @@ def _sent(db: psycopg.Connection[Any], run_id: int) -> list[int]:
     return [r[0] for r in rows]
 
 
+def _launched(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    table: str,
+    rows: int,
+    mode: str,
+    sleep: float,
+    *args: str,
+) -> tuple[int, str, int]:
+    """A run of 100-row chunks over a fresh table, no worker yet: (run, the fingerprint it must
+    give, tasks on its queue). ``mode``: the spec's pandas (b) or SQL (s) backfill."""
+    _, expected = prepare_reference(db, table, rows)
+    path = slow_spec(tmp_path, table, 100, sleep)
+    run_id = launch(env, f"{path}:{mode}", *args)
+    return run_id, expected, _queued(env)
+
+
+def _queued(env: dict[str, str]) -> int:
+    return int(redis.Redis.from_url(env["FERRY_REDIS_URL"]).llen(env["FERRY_QUEUE"]))
+
+
 def test_a_run_keeps_one_window_on_the_queue_until_its_last_chunk(
     db: psycopg.Connection[Any], own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
 ) -> None:
-    _, expected = prepare_reference(db, "windowed", 4_000)
-    path = slow_spec(tmp_path, "windowed", 100, 0.05)
-    run_id = launch(own_env, f"{path}:b", "--max-concurrency", "2", "--db-load", "0")
+    limits = ("--max-concurrency", "2", "--db-load", "0")
+    run_id, expected, queued = _launched(
+        db, own_env, tmp_path, "windowed", 4_000, "b", 0.05, *limits
+    )
     window = Limits(max_concurrency=2, db_load=None).window
-    queue = redis.Redis.from_url(own_env["FERRY_REDIS_URL"])
-    name = own_env["FERRY_QUEUE"]
     # no worker yet: the first window is on the queue, the other 36 chunks wait in the ledger
-    assert queue.llen(name) == window == 4
+    assert queued == window == 4
     assert _sent(db, run_id) == list(range(window))
 
     peak = [0]
@@ -77,23 +98,20 @@ def test_a_run_keeps_one_window_on_the_queue_until_its_last_chunk(
 def test_throttle_widens_the_window_at_once_and_resume_sends_a_window_again(
     db: psycopg.Connection[Any], own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
 ) -> None:
-    _, expected = prepare_reference(db, "widened", 3_000)
-    path = slow_spec(tmp_path, "widened", 100, 0)
-    run_id = launch(own_env, f"{path}:s", "--max-concurrency", "1", "--db-load", "0")
-    queue = redis.Redis.from_url(own_env["FERRY_REDIS_URL"])
-    name = own_env["FERRY_QUEUE"]
-    assert queue.llen(name) == 2
+    limits = ("--max-concurrency", "1", "--db-load", "0")
+    run_id, expected, queued = _launched(db, own_env, tmp_path, "widened", 3_000, "s", 0, *limits)
+    assert queued == 2
     throttled = ferry("throttle", str(run_id), "--max-concurrency", "3", env=own_env)
     assert throttled.returncode == 0, throttled.stderr
-    assert queue.llen(name) == 6 and _sent(db, run_id) == list(range(6))
+    assert _queued(own_env) == 6 and _sent(db, run_id) == list(range(6))
 
     # the queue is lost (a Redis restart, a flush): resume sends a window of the pending
     # chunks again, counted as unsent whatever happened to their tasks
-    queue.delete(name)
+    redis.Redis.from_url(own_env["FERRY_REDIS_URL"]).delete(own_env["FERRY_QUEUE"])
     resumed = ferry("resume", str(run_id), env=own_env)
     assert resumed.returncode == 0, resumed.stderr
     assert "30 pending chunk(s); 6 sent now" in resumed.stdout, resumed.stdout
-    assert queue.llen(name) == 6 and _sent(db, run_id) == list(range(6))
+    assert _queued(own_env) == 6 and _sent(db, run_id) == list(range(6))
 
     pool.start("wid0")
     assert wait_run(db, run_id, timeout=120) == "completed"
@@ -118,5 +136,7 @@ def test_workers_releasing_at_once_release_different_chunks(
         two.commit()
     assert sorted(first) == [2, 3, 4]
     assert sorted(second) == [5, 6, 7] and not set(first) & set(second)
-    # a full window releases nothing
+    # a full window releases nothing, nor does a run that is not running
     assert db.execute(release, (run_id, 8)).fetchall() == []
+    assert ferry("pause", str(run_id), env=own_env).returncode == 0
+    assert db.execute(release, (run_id, 20)).fetchall() == []

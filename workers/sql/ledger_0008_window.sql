@@ -19,7 +19,8 @@ CREATE INDEX IF NOT EXISTS chunks_sent ON ferry.chunks (run_id)
 -- Mark the run's next chunks sent and return them: the lowest-numbered held-back ones, as
 -- many as bring the chunks sent and not yet settled up to p_window. p_settling: a chunk that
 -- settles in the calling statement (it is still unsettled in that statement's snapshot).
--- SKIP LOCKED: workers finishing at once release different chunks, and none waits.
+-- SKIP LOCKED: workers finishing at once release different chunks, and none waits. A run that
+-- is not running (paused, cancelled, rolling back) releases nothing: resume sends a window.
 CREATE OR REPLACE FUNCTION ferry.release_chunks(p_run bigint, p_window integer, p_settling integer)
 RETURNS SETOF integer LANGUAGE sql AS $$
     WITH outstanding AS (
@@ -29,6 +30,7 @@ RETURNS SETOF integer LANGUAGE sql AS $$
     ), next AS (
         SELECT chunk_no FROM ferry.chunks
          WHERE run_id = p_run AND status = 'pending' AND sent_at IS NULL
+           AND EXISTS (SELECT 1 FROM ferry.runs WHERE id = p_run AND status = 'running')
          ORDER BY chunk_no
          LIMIT greatest(0, p_window - (SELECT n FROM outstanding))
            FOR UPDATE SKIP LOCKED
