@@ -44,6 +44,8 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         for s in ("pending", "running", "done", "failed", "rolled_back")
     }
     chunks["total"] = int(run.total_chunks or 0)
+    # pending chunks whose task is on the broker; the rest wait in the ledger (Limits.window)
+    chunks["queued"] = int(by_status["pending"]["sent"]) if "pending" in by_status else 0
     processed = sum(int(r["rows_read"]) for r in by_status.values())
     written = sum(int(r["rows_written"]) for r in by_status.values())
     quarantined = sum(int(r["rows_quarantined"]) for r in by_status.values())

@@ -66,15 +66,13 @@ def health_table(h: dict[str, Any]) -> None:
         f"run [bold]{h['run_id']}[/] {h['backfill']} on {h['table']}: "
         f"[bold]{h['run_status']}[/], health [{colour}]{h['status']}[/]"
     )
-    chunks = Table(title="chunks")
-    for name in ("total", "pending", "running", "done", "failed", "rolled_back"):
+    chunks = Table(title="chunks (pending: of them on the queue)")
+    names = ("total", "pending", "running", "done", "failed", "rolled_back")
+    for name in names:
         chunks.add_column(name, justify="right")
-    chunks.add_row(
-        *(
-            f"{h['chunks'][n]:,}"
-            for n in ("total", "pending", "running", "done", "failed", "rolled_back")
-        )
-    )
+    counts = {n: f"{h['chunks'][n]:,}" for n in names}
+    counts["pending"] += f" ({h['chunks'].get('queued', 0):,})"
+    chunks.add_row(*(counts[n] for n in names))
     console.print(chunks)
     m = h["metrics"]
     stats = Table(title="rows and throughput")

@@ -7,6 +7,7 @@ instead, and each chunk that settles releases the next.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -104,6 +105,11 @@ def test_throttle_widens_the_window_at_once_and_resume_sends_a_window_again(
     throttled = ferry("throttle", str(run_id), "--max-concurrency", "3", env=own_env)
     assert throttled.returncode == 0, throttled.stderr
     assert _queued(own_env) == 6 and _sent(db, run_id) == list(range(6))
+    status = ferry("status", str(run_id), "--json", env=own_env)
+    chunks = json.loads(status.stdout)["chunks"]
+    assert (chunks["pending"], chunks["queued"]) == (30, 6), chunks
+    table = ferry("status", str(run_id), env=own_env)
+    assert "30 (6)" in table.stdout, table.stdout
 
     # the queue is lost (a Redis restart, a flush): resume sends a window of the pending
     # chunks again, counted as unsent whatever happened to their tasks

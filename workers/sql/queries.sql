@@ -182,8 +182,8 @@ UPDATE ferry.chunks SET status = 'pending', attempts = 0, error = NULL, finished
 RETURNING chunk_no;
 
 -- name: status_counts
-SELECT status, count(*) AS chunks, coalesce(sum(rows_read), 0) AS rows_read,
-       coalesce(sum(rows_written), 0) AS rows_written,
+SELECT status, count(*) AS chunks, count(sent_at) AS sent,
+       coalesce(sum(rows_read), 0) AS rows_read, coalesce(sum(rows_written), 0) AS rows_written,
        coalesce(sum(rows_quarantined), 0) AS rows_quarantined,
        coalesce(sum(rows_warned), 0) AS rows_warned
   FROM ferry.chunks WHERE run_id = %(run_id)s GROUP BY status;
