@@ -244,7 +244,7 @@ class ChunkExecutor:
             # estimate on a CTE turn the write into a scan of the whole table. JIT would
             # compile for longer than a chunk runs (the disabled scan inflates the cost).
             " set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true),"
-            # off by default: see Settings.synchronous_commit (a crash costs a re-run, no more)
+            # see Settings.synchronous_commit: off, a crash costs a re-run of a chunk, no more
             " set_config('synchronous_commit', %s, true)",
             (
                 f"{self.settings.lock_timeout_ms}ms",

@@ -333,9 +333,10 @@ def test_server_crash_mid_run_loses_no_chunk_committed_asynchronously(
     own_env: dict[str, str], pool: WorkerPool, tmp_path: Path
 ) -> None:
     """PostgreSQL killed mid-run (``pg_ctl stop -m immediate``: no shutdown checkpoint, the
-    restart replays the WAL) while chunks commit with synchronous_commit off, Ferry's default:
-    a chunk whose commit had not reached the disk is pending again in the recovered ledger,
-    with its rows and pre-images, and runs again; none is lost and none applied twice."""
+    restart replays the WAL) while chunks commit with synchronous_commit off (the riskier
+    setting, FERRY_SYNCHRONOUS_COMMIT): a chunk whose commit had not reached the disk is pending
+    again in the recovered ledger, with none of its rows or pre-images, and runs again; none is
+    lost and none applied twice."""
     bin_folder = pgcluster.binaries()
     if bin_folder is None:
         missing("PostgreSQL binaries (initdb, pg_ctl)")
@@ -345,6 +346,7 @@ def test_server_crash_mid_run_loses_no_chunk_committed_asynchronously(
     cluster.start()
     url = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
     own_env["FERRY_DATABASE_URL"] = url  # read by the CLI and the workers started below
+    own_env["FERRY_SYNCHRONOUS_COMMIT"] = "off"
     try:
         ferry("init", env=own_env, check=True)
         with psycopg.connect(url, autocommit=True) as db:

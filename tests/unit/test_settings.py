@@ -8,10 +8,10 @@ from migrations.errors import BadInput
 from workers.settings import Settings
 
 
-def test_chunks_commit_asynchronously_unless_told_otherwise() -> None:
-    assert Settings.from_env({}).synchronous_commit == "off"
-    chosen = Settings.from_env({"FERRY_SYNCHRONOUS_COMMIT": "remote_apply"})
-    assert chosen.synchronous_commit == "remote_apply"
+def test_chunks_commit_synchronously_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).synchronous_commit == "on"
+    chosen = Settings.from_env({"FERRY_SYNCHRONOUS_COMMIT": "off"})
+    assert chosen.synchronous_commit == "off"
 
 
 def test_an_unknown_synchronous_commit_is_refused_in_one_line() -> None:
