@@ -32,6 +32,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import WEIGHT_KG as EXPR  # noqa: E402
 from bench.harness import follow, fresh_database, start_workers, stop_workers  # noqa: E402
 
 SERVER = os.environ.get("FERRY_BENCH_SERVER", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -39,7 +40,6 @@ DB = "ferry_bench"
 URL = SERVER.rsplit("/", 1)[0] + "/" + DB
 REDIS = os.environ.get("FERRY_BENCH_REDIS", "redis://127.0.0.1:6379/3")
 QUEUE = "ferry-bench"
-EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
 
 
 def transform(df: pd.DataFrame) -> pd.DataFrame:

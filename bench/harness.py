@@ -19,6 +19,11 @@ from psycopg import sql
 from workers.command import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
+# The benches' transformation, as the floors measured it (../shared/floors.md): pounds parsed
+# out of free text, to kilograms.
+WEIGHT_KG = (
+    "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
+)
 
 
 def fresh_database(server: str, name: str) -> str:

@@ -26,6 +26,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.harness import WEIGHT_KG as EXPR  # noqa: E402
 from bench.harness import fresh_database, start_workers, stop_workers  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -33,7 +34,6 @@ DB = "ferry_waiting"
 URL = f"postgresql://postgres@127.0.0.1:5432/{DB}"
 REDIS = "redis://127.0.0.1:6379/4"
 QUEUE = "ferry-waiting"
-EXPR = "round(nullif(regexp_replace(weight_lb, '[^0-9.]', '', 'g'), '')::numeric * 0.45359237, 2)"
 
 
 def setup(rows: int) -> None:
