@@ -1,8 +1,8 @@
 -- Ferry ledger, version 8: a run's chunks go to the broker a window at a time.
 -- Sending every chunk at launch filled the queue with tasks that mostly waited for the
--- throttle: a run of 50,000 chunks woke 5,000 waiting tasks a second, and each wait is a
--- Celery retry (a new message, events, an ack). Now a chunk is sent when one of the run's
--- chunks settles and releases it; the ledger says which were sent.
+-- throttle, each wait a Celery retry (a new message, events, an ack) every few seconds: a run
+-- of 5,000 chunks kept two workers at 1.55 of 2 cores (bench/waiting.py). Now a chunk is sent
+-- when one of the run's chunks settles and releases it; the ledger says which were sent.
 -- sent_at: when the chunk's task was last sent; NULL: held back in the ledger.
 
 ALTER TABLE ferry.chunks ADD COLUMN IF NOT EXISTS sent_at timestamptz;
