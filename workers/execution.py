@@ -199,7 +199,10 @@ class ChunkExecutor:
         try:
             self.send(run_id, chunks, queue)
         except Exception as exc:  # marked sent: the stall sweep sends a stalled run's chunks
-            log.warning("run %s: %d released chunk(s) not sent: %s", run_id, len(chunks), exc)
+            # the class only: a broker error's text may carry its URL
+            log.warning(
+                "run %s: %d released chunk(s) not sent: %s", run_id, len(chunks), type(exc).__name__
+            )
 
     def _halve(
         self,
