@@ -2,11 +2,15 @@
 
 The chunk's data change and its "done" mark commit in one transaction. The
 ledger row is locked first, so a redelivered or duplicated task waits for the
-live one and then finds the chunk done. Then the chunk's own rows are locked
-(waiting at most lock_timeout for the application's), so no application write
-can slip between our read and our update: no lost update, and, unlike
-REPEATABLE READ, no serialization failure each time the application touches
-some other column of a row in the range (a storm under a real OLTP load).
+live one and then finds the chunk done. No application write may slip between
+our read of a row and our update of it (waits are bounded by lock_timeout):
+rows are locked before they are read where the statement judges or was given
+what it writes (rules, pandas), and on the plain SQL path the rows the
+application changed under the statement are written again, locked, by a
+second one over their keys (``workers.statements``). Either way no lost
+update, and, unlike REPEATABLE READ, no serialization failure each time the
+application touches some other column of a row in the range (a storm under a
+real OLTP load).
 """
 
 from __future__ import annotations
@@ -148,6 +152,20 @@ class ChunkExecutor:
         return replace(result, attempt=attempt)
 
     # -- sizing ----------------------------------------------------------------------------
+    def _write_missed(
+        self, conn: Conn, ctx: RunContext, args: ChunkArgs, keys: Sequence[str]
+    ) -> Mapping[str, Any]:
+        """The rows the application changed between the chunk statement's snapshot and its
+        write: the update skipped them and holds their locks, so this statement reads and
+        writes the version that stays."""
+        log.debug("run %s chunk %s: %d rows moved under it", args.run_id, args.chunk_no, len(keys))
+        r = args.range
+        again = replace(args, range=KeyRange(r.lo, r.hi, tuple(keys)), rows_read=None)
+        with step("ferry.write_missed"):
+            counts: Mapping[str, Any] | None = conn.execute(ctx.statements.apply(again)).fetchone()
+        assert counts is not None
+        return counts
+
     def _split(self, ctx: RunContext, chunk_no: int, keep: int, planned: int) -> int | None:
         """Cut the claimed chunk after its first ``keep`` rows; the rest becomes a new chunk.
 
@@ -282,8 +300,9 @@ class ChunkExecutor:
             cleared = gone.rowcount
         rows_read = None
         if ctx.transform is None:
-            with step("ferry.lock"):
-                conn.execute(ctx.statements.lock_rows(key_range))
+            if ctx.statements.locks_first:
+                with step("ferry.lock"):
+                    conn.execute(ctx.statements.lock_rows(key_range))
         else:  # the COPY that reads the chunk takes its row locks
             rows_read = stage_input(conn, ctx, key_range, lock=True)
         args = ChunkArgs(
@@ -295,9 +314,12 @@ class ChunkExecutor:
         )
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks
             counts = conn.execute(ctx.statements.apply(args)).fetchone()
-        assert counts is not None
+            assert counts is not None
+            if counts["missed"] and ctx.transform is None:
+                counts = _add(counts, self._write_missed(conn, ctx, args, counts["missed"]))
         if counts["rows_changed"] != counts["rows_written"]:
-            # A row appeared in the range after the locks were taken and moved under us.
+            # Values computed (by pandas) from a version the application has since changed, or
+            # a row the second pass still missed: the whole chunk again, from fresh reads.
             raise TransientChunkError("rows changed while the chunk ran; retrying it")
         if counts["rows_failed"]:
             rule = ctx.spec.rules[counts["failed_rule"]]
@@ -329,6 +351,22 @@ class ChunkExecutor:
             duration_ms=duration_ms,
             released=tuple(sorted(r["chunk_no"] for r in released)),
         )
+
+
+def _add(first: Mapping[str, Any], again: Mapping[str, Any]) -> dict[str, Any]:
+    """The counts of a chunk's statement and of its second pass over the rows it missed:
+    what was read is what the first read, and the missed rows count once, as the second
+    pass found them (a row the application deleted meanwhile is neither changed nor written)."""
+    summed = ("rows_written", "rows_quarantined", "rows_failed", "rows_warned", "rows_fixed")
+    return {
+        **first,
+        **{name: first[name] + again[name] for name in summed},
+        "rows_changed": first["rows_written"] + again["rows_changed"],
+        "failed_rule": (
+            first["failed_rule"] if first["failed_rule"] is not None else again["failed_rule"]
+        ),
+        "missed": again["missed"],
+    }
 
 
 def _last_try(err: ChunkError, attempt: int, limit: int) -> ChunkError:

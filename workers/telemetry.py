@@ -14,11 +14,14 @@ publish span, whose context travels in the Celery message headers to the worker'
 each worker-side task span start a trace of its own with a link to its publish span instead,
 so a run of many thousands of chunks is not one giant trace.
 
-A chunk span's children: ``ferry.lock`` (the chunk's row locks), on the pandas path
+A chunk span's children: ``ferry.lock`` (the chunk's row locks, on the SQL path with rules),
+on the pandas path
 ``ferry.read`` (COPY out), ``ferry.transform``, ``ferry.validate`` (Python rules) and
 ``ferry.stage`` (COPY into the temp table), then ``ferry.write`` (the one chunk statement:
-on the SQL path it also computes the new values and checks the SQL rules) and
-``ferry.commit``. Database and Redis calls appear under them as client spans.
+on the SQL path it also computes the new values and checks the SQL rules),
+``ferry.write_missed`` (SQL path, only when the application changed some of the chunk's rows
+under that statement: the second statement over them) and ``ferry.commit``. Database and
+Redis calls appear under them as client spans.
 
 No PHI leaves the process: Ferry's attributes are ids, counts and the key range's bounds;
 every span passes through ``RedactingProcessor`` before any exporter, which keeps only the

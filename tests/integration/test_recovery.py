@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from tests.conftest import ferry
 from tests.helpers import (
@@ -23,6 +24,8 @@ from tests.helpers import (
     slow_spec,
     wait_run,
 )
+from workers.model import RunSpec
+from workers.statements import Statements
 
 pytestmark = pytest.mark.usefixtures("workers")
 
@@ -156,4 +159,81 @@ def test_chunk_claimed_just_before_a_pause_is_handed_back_untouched(
     ).fetchone()
     assert chunk == ("pending", None, None)
     assert fingerprint(db, "raced") == before
+    ferry("cancel", str(run_id), env=own_env, check=True)
+
+
+def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
+    db: psycopg.Connection[Any],
+    own_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    """The application updates one row and deletes another of a chunk's range while the
+    chunk's statement waits on them: the updated row gets the value computed from what the
+    application wrote, its pre-image is that version, and the deleted row is neither written
+    nor saved. No worker consumes the test's queue: this executor is the only one at work."""
+    from workers.db import Database
+    from workers.execution import ChunkExecutor
+    from workers.ledger import Ledger
+    from workers.progress import MemoryProgress
+    from workers.settings import Settings
+
+    make_numbers_table(db, "moved", 300)
+    db.execute("UPDATE moved SET a = 1, b = 1 WHERE id IN (50, 60)")  # both change in the run
+    run_id = launch(own_env, f"{slow_spec(tmp_path, 'moved', 300)}:s")
+    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
+        monkeypatch.setenv(name, own_env[name])
+    settings = Settings.from_env()
+    database = Database(settings)
+    executor = ChunkExecutor(database, Ledger(database), settings, MemoryProgress(), "pytest:moved")
+    app = psycopg.connect(database_url)
+    app.execute("UPDATE moved SET a = 1000, score = -1 WHERE id = 50")
+    app.execute("DELETE FROM moved WHERE id = 60")
+    outcome: dict[str, Any] = {}
+
+    def apply() -> None:
+        try:
+            outcome["result"] = executor.apply(run_id, 0)
+        except BaseException as exc:  # reported below, in the test's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=apply, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    waiting = 0
+    while not waiting and time.monotonic() < deadline and worker.is_alive():
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> %s",
+            (app.info.backend_pid,),
+        ).fetchone()
+        waiting = row[0] if row else 0
+        time.sleep(0.02)
+    assert waiting, "the chunk never waited on the application's rows"
+    app.commit()
+    app.close()
+    worker.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.outcome == "done"
+    left = db.execute(
+        "SELECT count(*) FILTER (WHERE score IS DISTINCT FROM a * 3 + b), count(*),"
+        " max(score) FILTER (WHERE id = 50) FROM moved"
+    ).fetchone()
+    assert left is not None and left[0] == 0 and left[1] == 299
+    assert left[2] == 1000 * 3 + 1
+    spec = db.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+    assert spec is not None
+    st = Statements(RunSpec.from_dict(spec[0]), run_id)
+    saved = db.execute(
+        sql.SQL("SELECT b.id, b.score FROM {p} AS b WHERE b.id IN (50, 60)").format(
+            p=st.pre_images(0)
+        )
+    ).fetchall()
+    assert saved == [(50, -1)]  # the version written, not the one first read
+    written = db.execute(
+        "SELECT rows_written FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0", (run_id,)
+    ).fetchone()
+    assert written == (result.rows_written,) and pre_image_counts(db, run_id)[0] == written[0]
     ferry("cancel", str(run_id), env=own_env, check=True)
