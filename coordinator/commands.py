@@ -229,10 +229,11 @@ def _prepare(
             # One sample of the pre-images' width: their layout (stored with the run, so every
             # worker writes what the run began with) and the disk estimate below.
             per_row = sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
-            spec = replace(
-                spec,
-                extra={**spec.extra, "pre_images": pre_image_layout(per_row, spec.chunk_size)},
+            saved = [spec.column_types[c] for c in (spec.key, *spec.writes)]
+            layout = pre_image_layout(
+                per_row, spec.chunk_size, arrays=any(t.endswith("]") for t in saved)
             )
+            spec = replace(spec, extra={**spec.extra, "pre_images": layout})
             run_id = ctx.ledger.create_run(
                 conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
             )

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,17 @@ _NUMBERS = _INTS | _FLOATS
 _PLAIN = _NUMBERS | {"uuid", "boolean", "date"}
 
 
-def read_copy(data: bytes, columns: Sequence[str], types: Mapping[str, str]) -> pd.DataFrame:
-    """A frame from COPY text output; integers, floats and booleans typed, the rest text."""
+def read_copy(
+    data: bytes, columns: Sequence[str], types: Mapping[str, str], raw: Collection[str] = ()
+) -> pd.DataFrame:
+    """A frame from COPY text output; integers, floats and booleans typed, the rest text.
+
+    ``raw`` columns keep their COPY text as it came, escapes and all (NULL as NA): values
+    that go back into PostgreSQL untouched through ``write_copy(..., raw=...)``.
+    """
     if not data:
         return pd.DataFrame({c: pd.Series([], dtype=_empty_dtype(types.get(c))) for c in columns})
-    kinds = {c: base_type(types.get(c, "text")) for c in columns}
+    kinds = {c: "raw" if c in raw else base_type(types.get(c, "text")) for c in columns}
     # Numbers never hold a backslash: the parser types them itself, several times faster
     # than text then to_numeric. A value it cannot read (a float or numeric 'NaN') sends the
     # frame down the column-by-column path, which says what is wrong with it.
@@ -43,7 +49,7 @@ def read_copy(data: bytes, columns: Sequence[str], types: Mapping[str, str]) -> 
     except (ValueError, OverflowError):
         frame, parsed = _read_text(data, columns, {}), {}
     for col in columns:
-        if col in parsed:
+        if col in parsed or col in raw:
             continue
         series = frame[col]
         if series.str.contains("\\", regex=False).any():
@@ -85,7 +91,10 @@ def _empty_dtype(type_text: str | None) -> str:
 
 
 def write_copy(
-    frame: pd.DataFrame, columns: Sequence[str], types: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    types: Mapping[str, str] | None = None,
+    raw: Collection[str] = (),
 ) -> bytes:
     """COPY text input for ``columns`` of ``frame`` (NULLs as ``\\N``, escapes applied).
 
@@ -93,11 +102,12 @@ def write_copy(
     backslash, such as integer or uuid keys, skip the escape scan. Numbers are turned into
     text by Python's own ``str`` over plain lists and rows joined by ``str.join``: pandas'
     ``astype(str)`` validates every value into its string array and costs several times
-    more, on the path that writes every row of a chunk.
+    more, on the path that writes every row of a chunk. ``raw`` columns hold COPY text
+    already (``read_copy(..., raw=...)``) and are written as they are.
     """
     if frame.empty:
         return b""
-    plain = {c for c, t in (types or {}).items() if base_type(t) in _PLAIN}
+    plain = {c for c, t in (types or {}).items() if base_type(t) in _PLAIN} | set(raw)
     texts = [_column_text(frame[c], escape=c not in plain) for c in columns]
     return ("\n".join(map("\t".join, zip(*texts, strict=True))) + "\n").encode()
 

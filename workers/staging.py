@@ -147,15 +147,21 @@ def stage_input(
     spec = ctx.spec
     st = ctx.statements
     buffer = bytearray()
+    olds = st.old_columns()
     with step("ferry.read"):
         with conn.cursor().copy(st.read_copy(key_range, lock=lock)) as copy:
             for block in copy:
                 buffer += block
-        frame = read_copy(bytes(buffer), st.read_columns(), spec.column_types)
+        frame = read_copy(bytes(buffer), [*st.read_columns(), *olds], spec.column_types, olds)
+        if olds:  # the transform sees what it reads, no more
+            read, frame = frame[olds], frame.drop(columns=olds)
+            keys_read = frame[spec.key].array.copy()
     assert ctx.transform is not None
     with step("ferry.transform"):
         out = run_transform(ctx.transform, frame, spec.key, spec.writes)
-    columns = [spec.key, *spec.writes]
+    if olds:
+        out = _with_olds(out, spec.key, keys_read, read)
+    columns = [spec.key, *spec.writes, *olds]
     with step("ferry.validate"):
         if ctx.checks:  # without Python rules the staged rule column is left NULL
             out = out.assign(**{PYRULE_NAME: judge(out, ctx.checks)})
@@ -166,5 +172,19 @@ def stage_input(
         conn.execute(st.create_input())
         types = {**spec.column_types, PYRULE_NAME: "integer"}
         with conn.cursor().copy(st.write_copy(judged=bool(ctx.checks))) as copy:
-            copy.write(write_copy(out, columns, types))
+            copy.write(write_copy(out, columns, types, olds))
     return len(frame)
+
+
+def _with_olds(out: pd.DataFrame, key: str, keys_read: Any, read: pd.DataFrame) -> pd.DataFrame:
+    """The transform's rows with the old values read for their keys beside them.
+
+    Row by row in the common case (every row back, in order); otherwise matched by the key
+    as text, as ``run_transform`` left the keys of a frame it had to compare that way.
+    """
+    if _same_keys(out[key], keys_read):
+        rows = read
+    else:
+        position = pd.Series(range(len(keys_read)), index=pd.Series(keys_read).astype(str))
+        rows = read.iloc[position.loc[out[key].astype(str)].to_numpy()]
+    return out.assign(**{c: rows[c].to_numpy() for c in read.columns})
