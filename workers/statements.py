@@ -315,8 +315,6 @@ class Statements:
 
     def apply(self, args: ChunkArgs) -> sql.Composed:
         """The one statement that applies a chunk."""
-        if self.stages_olds and args.rows_read is not None:
-            return self._apply_staged_olds(args)
         if self.spec.mode == "pandas" and not self.spec.rules and args.rows_read is not None:
             return self._apply_staged(args)
         return self._apply(self._candidates(args.range), args)
@@ -327,63 +325,58 @@ class Statements:
 
         The rows were locked by the COPY that read them, so the version joined here is the
         version updated and every row that differs is written: rows read is what the COPY
-        read, rows changed is rows written. The range (and the user's filter) is applied in
-        a sub-select where only the table's own columns are in scope.
+        read, rows changed is rows written. The old values come from the temp table when
+        they were staged (``stages_olds``), otherwise from the table joined to itself, in a
+        sub-select where only the table's own columns are in scope for the user's filter.
         """
         olds = [_old(i) for i in range(len(self.writes))]
-        return sql.SQL(
-            """WITH written AS (
-  UPDATE {t} AS u SET {sets}
+        common = {
+            "t": self.table,
+            "i": self.input,
+            "k": self.key,
+            "sets": sql.SQL(", ").join(sql.SQL("{c} = x.{c}").format(c=c) for c in self.writes),
+            "r": self.in_range(args.range),
+            "x_news": sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
+        }
+        written: sql.Composable
+        if self.stages_olds:  # the old values staged too: no self-join to find them
+            written = sql.SQL(
+                """UPDATE {t} AS t SET {sets} FROM {i} AS x
+   WHERE x.{k} = t.{k} AND {r} AND ({x_olds}) IS DISTINCT FROM ({x_news})
+  RETURNING x.{k} AS {k}, {x_olds_as}"""
+            ).format(
+                x_olds=sql.SQL(", ").join(sql.SQL("x.{}").format(o) for o in olds),
+                x_olds_as=sql.SQL(", ").join(sql.SQL("x.{o} AS {o}").format(o=o) for o in olds),
+                **common,
+            )
+        else:
+            written = sql.SQL(
+                """UPDATE {t} AS u SET {sets}
     FROM (SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {olds_as}
             FROM {t} AS t WHERE {r}) AS c
     JOIN {i} AS x ON x.{k} = c.{k}
    WHERE u.ctid = c.{tid} AND u.tableoid = c.{toid} AND ({c_olds}) IS DISTINCT FROM ({x_news})
-  RETURNING c.{k} AS {k}, {c_olds_as}),
-{saved}
-SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count} AS rows_written,
-       NULL::text[] AS missed, 0::bigint AS rows_quarantined, 0::bigint AS rows_failed,
-       NULL::integer AS failed_rule, 0::bigint AS rows_warned, 0::bigint AS rows_fixed"""
-        ).format(
-            t=self.table,
-            i=self.input,
-            k=self.key,
-            tid=TID,
-            toid=TOID,
-            sets=sql.SQL(", ").join(sql.SQL("{c} = x.{c}").format(c=c) for c in self.writes),
-            olds_as=sql.SQL(", ").join(
-                sql.SQL("t.{c} AS {o}").format(c=c, o=o)
-                for c, o in zip(self.writes, olds, strict=True)
-            ),
-            r=self.in_range(args.range),
-            c_olds=sql.SQL(", ").join(sql.SQL("c.{}").format(o) for o in olds),
-            x_news=sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
-            c_olds_as=sql.SQL(", ").join(sql.SQL("c.{o} AS {o}").format(o=o) for o in olds),
-            read=sql.Literal(int(args.rows_read or 0)),
-            **self._save(args.chunk_no),
-        )
-
-    def _apply_staged_olds(self, args: ChunkArgs) -> sql.Composed:
-        """The pandas path with the old values staged (``stages_olds``): the staged rows
-        straight into the table's rows of the same key, where new differs from old."""
-        olds = [_old(i) for i in range(len(self.writes))]
+  RETURNING c.{k} AS {k}, {c_olds_as}"""
+            ).format(
+                tid=TID,
+                toid=TOID,
+                olds_as=sql.SQL(", ").join(
+                    sql.SQL("t.{c} AS {o}").format(c=c, o=o)
+                    for c, o in zip(self.writes, olds, strict=True)
+                ),
+                c_olds=sql.SQL(", ").join(sql.SQL("c.{}").format(o) for o in olds),
+                c_olds_as=sql.SQL(", ").join(sql.SQL("c.{o} AS {o}").format(o=o) for o in olds),
+                **common,
+            )
         return sql.SQL(
             """WITH written AS (
-  UPDATE {t} AS t SET {sets} FROM {i} AS x
-   WHERE x.{k} = t.{k} AND {r} AND ({x_olds}) IS DISTINCT FROM ({x_news})
-  RETURNING x.{k} AS {k}, {x_olds_as}),
+  {written}),
 {saved}
 SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count} AS rows_written,
        NULL::text[] AS missed, 0::bigint AS rows_quarantined, 0::bigint AS rows_failed,
        NULL::integer AS failed_rule, 0::bigint AS rows_warned, 0::bigint AS rows_fixed"""
         ).format(
-            t=self.table,
-            i=self.input,
-            k=self.key,
-            sets=sql.SQL(", ").join(sql.SQL("{c} = x.{c}").format(c=c) for c in self.writes),
-            r=self.in_range(args.range),
-            x_olds=sql.SQL(", ").join(sql.SQL("x.{}").format(o) for o in olds),
-            x_news=sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
-            x_olds_as=sql.SQL(", ").join(sql.SQL("x.{o} AS {o}").format(o=o) for o in olds),
+            written=written,
             read=sql.Literal(int(args.rows_read or 0)),
             **self._save(args.chunk_no),
         )
