@@ -151,7 +151,6 @@ class ChunkExecutor:
                 self._set_target(run_id, claim["target_rows"], target)
         return replace(result, attempt=attempt)
 
-    # -- sizing ----------------------------------------------------------------------------
     def _write_missed(
         self, conn: Conn, ctx: RunContext, args: ChunkArgs, keys: Sequence[str]
     ) -> Mapping[str, Any]:
@@ -166,6 +165,7 @@ class ChunkExecutor:
         assert counts is not None
         return counts
 
+    # -- sizing ----------------------------------------------------------------------------
     def _split(self, ctx: RunContext, chunk_no: int, keep: int, planned: int) -> int | None:
         """Cut the claimed chunk after its first ``keep`` rows; the rest becomes a new chunk.
 
@@ -314,9 +314,9 @@ class ChunkExecutor:
         )
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks
             counts = conn.execute(ctx.statements.apply(args)).fetchone()
-            assert counts is not None
-            if counts["missed"] and ctx.transform is None:
-                counts = _add(counts, self._write_missed(conn, ctx, args, counts["missed"]))
+        assert counts is not None
+        if counts["missed"] and ctx.transform is None:
+            counts = _add(counts, self._write_missed(conn, ctx, args, counts["missed"]))
         if counts["rows_changed"] != counts["rows_written"]:
             # Values computed (by pandas) from a version the application has since changed, or
             # a row the second pass still missed: the whole chunk again, from fresh reads.
