@@ -79,8 +79,12 @@ def pre_image_layout(bytes_per_row: float, chunk_size: int, *, arrays: bool = Fa
     return "packed" if bytes_per_row * chunk_size <= PACKED_LIMIT_BYTES else "rows"
 
 
+def _old_name(i: int) -> str:
+    return f"__ferry_o{i}"
+
+
 def _old(i: int) -> sql.Identifier:
-    return sql.Identifier(f"__ferry_o{i}")
+    return sql.Identifier(_old_name(i))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,23 @@ class Statements:
         # Encrypted at rest (workers.encryption) when the run was launched with a key.
         self.sealed = run_fingerprint(spec.extra)
         self.packed = spec.extra.get("pre_images") == "packed"
+        # SQL path: whether a chunk locks its rows before its statement reads them. Rules
+        # judge and quarantine the rows as read, so they must read the version that stays;
+        # without rules the statement finds what moved under it (see module doc) and the
+        # range is not walked twice: the locking pass cost ~15 % of a chunk.
+        self.locks_first = bool(spec.rules)
+        # pandas path without rules or filter: the COPY that reads a chunk also reads the
+        # written columns' values, which travel untouched (as COPY text) into the temp table
+        # beside the new ones, so the chunk statement takes its pre-images from there and
+        # does not join the table to itself to find them (~20 % of that statement). Exact
+        # because the read locked the rows: the version read is the version updated. With
+        # rules the candidate set is judged as read from the table; a filter is raw SQL that
+        # could name a temp table column: both keep the self-join.
+        self.stages_olds = spec.mode == "pandas" and not spec.rules and not spec.where
+        # The staged old values' column names, in the order of ``writes`` (none if not staged).
+        self.old_columns = (
+            [_old_name(i) for i in range(len(self.writes))] if self.stages_olds else []
+        )
 
     # -- planning -------------------------------------------------------------------------
     def boundary(self, after: str | None, skip: int) -> sql.Composed:
@@ -161,16 +182,6 @@ class Statements:
             "SELECT count(*) AS n FROM (SELECT 1 FROM {t} AS t WHERE {r} "
             "FOR NO KEY UPDATE OF t) AS locked"
         ).format(t=self.table, r=self.in_range(r))
-
-    @property
-    def locks_first(self) -> bool:
-        """SQL path: whether a chunk locks its rows before its statement reads them.
-
-        Rules judge and quarantine the rows as read, so they must read the version that
-        stays; without rules the statement finds what moved under it (see module doc), and
-        the range is not walked twice: the locking pass cost ~15 % of a chunk.
-        """
-        return bool(self.spec.rules)
 
     def count_range(self, r: KeyRange) -> sql.Composed:
         return sql.SQL("SELECT count(*) AS n FROM {t} AS t WHERE {r}").format(
@@ -258,22 +269,6 @@ class Statements:
             k=self.key, keys=sql.Literal(list(keys)), kt=self.key_type
         )
 
-    @property
-    def stages_olds(self) -> bool:
-        """pandas path without rules or filter: the COPY that reads a chunk also reads the
-        written columns' values, which travel untouched (as COPY text) into the temp table
-        beside the new ones, so the chunk statement takes its pre-images from there and does
-        not join the table to itself to find them (measured ~20 % of that statement).
-
-        Exact because the read locked the rows: the version read is the version updated.
-        With rules the candidate set is judged as read from the table; a filter is raw SQL
-        that could name a temp table column, so both keep the self-join."""
-        return self.spec.mode == "pandas" and not self.spec.rules and not self.spec.where
-
-    def old_columns(self) -> list[str]:
-        """Names of the written columns' read values on the pandas path (``stages_olds``)."""
-        return [f"__ferry_o{i}" for i in range(len(self.writes))] if self.stages_olds else []
-
     def read_copy(self, r: KeyRange, *, lock: bool = False) -> sql.Composed:
         """COPY out of the columns a pandas transform reads (then the written columns' values,
         see ``stages_olds``), for one chunk.
@@ -283,8 +278,9 @@ class Statements:
         """
         cols = [self.key, *(sql.Identifier(c) for c in self.spec.reads if c != self.spec.key)]
         olds = [
-            sql.SQL("t.{c} AS {o}").format(c=c, o=sql.Identifier(o))
-            for c, o in zip(self.writes, self.old_columns(), strict=False)
+            sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i))
+            for i, c in enumerate(self.writes)
+            if self.stages_olds
         ]
         return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}{lock}) TO STDOUT").format(
             cols=sql.SQL(", ").join([*(sql.SQL("t.{}").format(c) for c in cols), *olds]),
@@ -309,7 +305,7 @@ class Statements:
 
     def write_copy(self, *, judged: bool = True) -> sql.Composed:
         """COPY into the temp table; ``judged``: with the first failing Python rule per row."""
-        olds = [sql.Identifier(o) for o in self.old_columns()]
+        olds = [sql.Identifier(o) for o in self.old_columns]
         cols = sql.SQL(", ").join([self.key, *self.writes, *olds, *([PYRULE] if judged else [])])
         return sql.SQL("COPY {i} ({cols}) FROM STDIN").format(i=self.input, cols=cols)
 
@@ -425,14 +421,15 @@ SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count}
         news = sql.SQL(", ").join(self.writes)
         tail = sql.SQL(
             """changed AS (SELECT * FROM {source} WHERE {keep} ({olds}) IS DISTINCT FROM ({news})),
+counted AS (SELECT count(*) AS n FROM changed),
 written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
             RETURNING changed.{k} AS {k}, {changed_olds}),
 {saved}
 SELECT {rows_read} AS rows_read,
-       (SELECT count(*) FROM changed) AS rows_changed,
+       (SELECT n FROM counted) AS rows_changed,
        {saved_count} AS rows_written,
-       CASE WHEN (SELECT count(*) FROM changed) <> {saved_count} THEN
+       CASE WHEN (SELECT n FROM counted) <> {saved_count} THEN
          (SELECT array_agg(changed.{k}::text) FROM changed
            WHERE NOT EXISTS (SELECT FROM written WHERE written.{k} = changed.{k}))
        END AS missed,"""

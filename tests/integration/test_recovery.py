@@ -127,19 +127,11 @@ def test_chunk_claimed_just_before_a_pause_is_handed_back_untouched(
     The interleaving is forced by pausing the run from inside the claim; no worker consumes
     the test's own queue, so this executor is the only one touching the run.
     """
-    from workers.db import Database
-    from workers.execution import ChunkExecutor
     from workers.ledger import Ledger
-    from workers.progress import MemoryProgress
-    from workers.settings import Settings
 
     make_numbers_table(db, "raced", 300)
     before = fingerprint(db, "raced")
     run_id = launch(own_env, f"{slow_spec(tmp_path, 'raced', 100)}:s")
-    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
-        monkeypatch.setenv(name, own_env[name])
-    settings = Settings.from_env()
-    database = Database(settings)
 
     class PausedAfterClaim(Ledger):
         def claim(self, *args: Any, **kwargs: Any) -> Any:
@@ -147,9 +139,7 @@ def test_chunk_claimed_just_before_a_pause_is_handed_back_untouched(
             ferry("pause", str(run_id), env=own_env, check=True)
             return row
 
-    executor = ChunkExecutor(
-        database, PausedAfterClaim(database), settings, MemoryProgress(), "pytest:race"
-    )
+    executor = _executor(own_env, monkeypatch, "pytest:race", PausedAfterClaim)
     result = executor.apply(run_id, 0)
     assert result.outcome == "noop"
     chunk = db.execute(
@@ -173,20 +163,10 @@ def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
     chunk's statement waits on them: the updated row gets the value computed from what the
     application wrote, its pre-image is that version, and the deleted row is neither written
     nor saved. No worker consumes the test's queue: this executor is the only one at work."""
-    from workers.db import Database
-    from workers.execution import ChunkExecutor
-    from workers.ledger import Ledger
-    from workers.progress import MemoryProgress
-    from workers.settings import Settings
-
     make_numbers_table(db, "moved", 300)
     db.execute("UPDATE moved SET a = 1, b = 1 WHERE id IN (50, 60)")  # both change in the run
     run_id = launch(own_env, f"{slow_spec(tmp_path, 'moved', 300)}:s")
-    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
-        monkeypatch.setenv(name, own_env[name])
-    settings = Settings.from_env()
-    database = Database(settings)
-    executor = ChunkExecutor(database, Ledger(database), settings, MemoryProgress(), "pytest:moved")
+    executor = _executor(own_env, monkeypatch, "pytest:moved")
     app = psycopg.connect(database_url)
     app.execute("UPDATE moved SET a = 1000, score = -1 WHERE id = 50")
     app.execute("DELETE FROM moved WHERE id = 60")
@@ -237,3 +217,20 @@ def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
     ).fetchone()
     assert written == (result.rows_written,) and pre_image_counts(db, run_id)[0] == written[0]
     ferry("cancel", str(run_id), env=own_env, check=True)
+
+
+def _executor(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, worker: str, ledger: Any = None
+) -> Any:
+    """A chunk executor in the test's own process, on the services of ``env``."""
+    from workers.db import Database
+    from workers.execution import ChunkExecutor
+    from workers.ledger import Ledger
+    from workers.progress import MemoryProgress
+    from workers.settings import Settings
+
+    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
+        monkeypatch.setenv(name, env[name])
+    settings = Settings.from_env()
+    database = Database(settings)
+    return ChunkExecutor(database, (ledger or Ledger)(database), settings, MemoryProgress(), worker)
