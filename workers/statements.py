@@ -141,8 +141,12 @@ class Statements:
         )
 
     # -- planning -------------------------------------------------------------------------
-    def boundary(self, after: str | None, skip: int) -> sql.Composed:
-        """The key ``skip`` rows after ``after``: an index-only walk of the key."""
+    def boundaries(self, after: str | None, skip: int, count: int, last: str) -> sql.Composed:
+        """Up to ``count`` planning boundaries past ``after``, none above ``last``: a walk
+        of the key index from each to the key ``skip`` rows after it, in one statement."""
+        bounded = sql.SQL("t.{k} <= CAST({last} AS {kt}) AND {w}").format(
+            k=self.key, last=sql.Literal(last), kt=self.key_type, w=self.where
+        )
         above = (
             sql.SQL("TRUE")
             if after is None
@@ -151,9 +155,24 @@ class Statements:
             )
         )
         return sql.SQL(
-            "SELECT s.b::text AS b FROM (SELECT t.{k} AS b FROM {t} AS t WHERE {above} AND {w} "
-            "ORDER BY t.{k} OFFSET {skip} LIMIT 1) AS s"
-        ).format(k=self.key, t=self.table, above=above, w=self.where, skip=sql.Literal(int(skip)))
+            "WITH RECURSIVE {walk} ({b}) AS ("
+            "(SELECT t.{k} FROM {t} AS t WHERE {above} AND {bounded} "
+            "ORDER BY t.{k} OFFSET {skip} LIMIT 1) "
+            "UNION ALL "
+            "SELECT n.{b} FROM {walk} AS w CROSS JOIN LATERAL "
+            "(SELECT t.{k} AS {b} FROM {t} AS t WHERE t.{k} > w.{b} AND {bounded} "
+            "ORDER BY t.{k} OFFSET {skip} LIMIT 1) AS n) "
+            "SELECT {b}::text AS b FROM {walk} LIMIT {count}"
+        ).format(
+            walk=sql.Identifier("__ferry_walk"),
+            b=sql.Identifier("__ferry_b"),
+            k=self.key,
+            t=self.table,
+            above=above,
+            bounded=bounded,
+            skip=sql.Literal(int(skip)),
+            count=sql.Literal(int(count)),
+        )
 
     def split_point(self, r: KeyRange, keep: int) -> sql.Composed:
         """The key that ends the first ``keep`` rows of a chunk, if rows remain after it."""

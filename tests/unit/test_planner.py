@@ -62,3 +62,14 @@ def test_uuid_and_text_keys_cover_everything_once() -> None:
 def test_bad_chunk_size() -> None:
     with pytest.raises(ValueError):
         list(plan_bounds(MemoryKeys([1]), 0))
+
+
+def test_walk_in_growing_batches_covers_everything_once() -> None:
+    """Hundreds of chunks: boundaries come in batches of 16, 32, ... 512; the chunks still
+    tile the keys exactly."""
+    keys = [k * 3 + (k % 5) for k in range(2_000)]
+    bounds = list(plan_bounds(MemoryKeys(keys), 3))
+    assert len(bounds) == 667
+    sizes = _rows_per_chunk(keys, bounds)
+    assert sizes[:-1] == [3] * (len(sizes) - 1) and sum(sizes) == 2_000
+    assert all(lo == prev_hi for (lo, _), (_, prev_hi) in zip(bounds[1:], bounds, strict=False))
