@@ -324,7 +324,12 @@ def resume(obj: dict[str, Any], run_id: int) -> None:
     """Continue a run from the ledger (after losing Redis, workers or the coordinator)."""
     with _context(obj) as ctx:
         result = commands.resume(ctx, run_id)
-    click.echo(f"run {run_id}: {result['pending']} pending chunk(s); {_window(result)}")
+    recorded = (
+        f"; {result['recorded']} chunk(s) its launch had not recorded, recorded now"
+        if result["recorded"]
+        else ""
+    )
+    click.echo(f"run {run_id}: {result['pending']} pending chunk(s); {_window(result)}{recorded}")
 
 
 @main.command()

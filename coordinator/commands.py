@@ -18,10 +18,11 @@ from typing import Any
 import psycopg
 import redis
 
-from coordinator.planner import PostgresKeys, plan_bounds
+from coordinator.planner import Bounds, PostgresKeys, plan_bounds, walk_batches
 from coordinator.purge import check_not_purged
 from coordinator.resolve import resolve
 from coordinator.roles import create_roles
+from coordinator.walk import walk_on
 from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
 from workers.catalog import average_row_bytes, data_directory, has_lz4, sample_size_bytes
@@ -111,6 +112,7 @@ class Plan:
     disk_free: float | None = None
     run_id: int | None = None
     status: str | None = None
+    walking: bool = False  # launched with the first batch of chunks; the rest are to come
 
     @property
     def fits(self) -> bool | None:
@@ -159,8 +161,9 @@ def launch(
     limits: Limits | None = None,
     force: bool = False,
 ) -> Plan:
-    """Plan a run, record it with its chunks in one transaction, then send the first window of
-    them (Limits.window): each chunk that settles sends the next, one task per chunk in all.
+    """Plan a run, record it with its first chunks in one transaction, send the first window
+    of them (Limits.window; each chunk that settles sends the next, one task per chunk in
+    all), then record the rest of its chunks while the first ones run (coordinator.walk).
 
     With ``catch_up``, the run covers exactly the rows of that earlier run which the
     application changed after their chunk was applied (see ``ferry verify``).
@@ -182,7 +185,44 @@ def launch(
         span.set_attribute("ferry.chunks", prepared.chunks)
         if prepared.chunks:
             send_window(ctx.ledger, ctx.dispatcher, prepared.run_id, limits or Limits())
+        if prepared.walking:
+            prepared = _walk_on(ctx, prepared, limits or Limits())
+            span.set_attribute("ferry.chunks", prepared.chunks)
     return prepared
+
+
+def _walk_on(ctx: Context, prepared: Plan, limits: Limits) -> Plan:
+    """Record the rest of a launched run's chunks; the plan with the run's chunks and rows."""
+    run_id = prepared.run_id
+    assert run_id is not None
+    statements = Statements(prepared.spec, run_id)
+    with ctx.db.connect() as conn:
+        try:
+            walked = walk_on(conn, ctx.ledger, ctx.dispatcher, statements, limits)
+            size = prepared.spec.chunk_size
+            if walked.last is not None:  # every chunk but the last holds exactly chunk_size
+                chunks = prepared.chunks + walked.chunks
+                row = conn.execute(statements.count_range(KeyRange(*walked.last))).fetchone()
+                rows = (chunks - 1) * size + int(row["n"] if row else 0)
+            else:  # another walker ended it (ferry resume), or a rollback or cancel did
+                chunks = ctx.ledger.get_run(run_id, conn).total_chunks or 0
+                rows = chunks * size
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise CheckFailed(
+                f"run {run_id} started, but recording its chunks stopped: {describe(exc)}; "
+                f"`ferry resume {run_id}` records the rest"
+            ) from None
+    sample = prepared.sample
+    per_chunk_ms = prepared.sample_ms * prepared.spec.chunk_size / max(sample["sample_rows"], 1)
+    return replace(
+        prepared,
+        chunks=chunks,
+        rows=rows,
+        estimated_seconds=estimate_seconds(chunks, rows, per_chunk_ms, limits),
+        walking=False,
+    )
 
 
 def _prepare(
@@ -244,11 +284,31 @@ def _prepare(
                 {"run_id": run_id, "table_name": f"backup_{run_id}", "columns": list(spec.writes)},
             )
             sample = _preflight(conn, spec, statements, run_id)
-            bounds = list(plan_bounds(PostgresKeys(conn, statements), spec.chunk_size))
+            # A launch records the first batch of chunks with the run and the rest once the
+            # first ones run (coordinator.walk); a plan walks the whole index.
+            keys = PostgresKeys(conn, statements)
+            last = keys.last()
+            bounds: Bounds = []
+            walked = True
+            for batch, walked in walk_batches(keys, spec.chunk_size, last=last):
+                bounds += batch
+                if commit and not walked:
+                    break
             chunks = ctx.ledger.insert_chunks(conn, run_id, bounds)
-            rows = _row_count(conn, statements, bounds, spec.chunk_size)
+            if walked:
+                rows = _row_count(conn, statements, bounds, spec.chunk_size)
+            else:  # until the walk is over: the planner's estimate, for the disk check
+                rows = max(len(bounds) * spec.chunk_size, _estimated_rows(conn, statements))
             status = "running" if chunks else "completed"
-            conn.execute(q("start_run"), {"run_id": run_id, "total": chunks})
+            conn.execute(
+                q("start_run"),
+                {
+                    "run_id": run_id,
+                    "total": chunks,
+                    "walk_after": None if walked else bounds[-1][1],
+                    "walk_to": None if walked else last,
+                },
+            )
             if not chunks:
                 conn.execute(q("end_run"), {"run_id": run_id, "status": "completed"})
             share = sample["sample_written"] / sample["sample_rows"] if sample["sample_rows"] else 1
@@ -267,7 +327,12 @@ def _prepare(
                 actor=settings.actor,
                 action="launch",
                 run_id=run_id,
-                params={"backfill": reference, "chunks": chunks, **params},
+                params={
+                    "backfill": reference,
+                    "chunks": chunks,
+                    **({} if walked else {"more_chunks_follow": True}),
+                    **params,
+                },
             )
             if commit:
                 conn.commit()
@@ -294,6 +359,7 @@ def _prepare(
         sample=sample,
         run_id=run_id if commit else None,
         status=status if commit else None,
+        walking=not walked,
     )
 
 
@@ -366,6 +432,12 @@ def _free_bytes(data_dir: str | None) -> float | None:
         return None
 
 
+def _estimated_rows(conn: psycopg.Connection[Any], statements: Statements) -> int:
+    """The run's rows as PostgreSQL's planner estimates them (its statistics, no scan)."""
+    row = conn.execute(statements.estimate_rows()).fetchone()
+    return int(row["QUERY PLAN"][0]["Plan"]["Plan Rows"]) if row else 0
+
+
 def _row_count(
     conn: psycopg.Connection[Any],
     statements: Statements,
@@ -383,7 +455,8 @@ def _row_count(
 def resume(ctx: Context, run_id: int) -> dict[str, Any]:
     """Continue a run from the ledger: after ``ferry pause``, a health pause, or losing the
     coordinator, Redis or workers. A window of the pending chunks is sent again (a duplicate
-    is a no-op) and they release the rest."""
+    is a no-op) and they release the rest; the chunks a lost coordinator had not recorded
+    yet are recorded now (coordinator.walk)."""
     with ctx.db.transaction() as conn:
         run = ctx.ledger.get_run(run_id, conn)
         if run.status not in ("running", "paused"):
@@ -406,8 +479,17 @@ def resume(ctx: Context, run_id: int) -> dict[str, Any]:
                 "was": run.status,
             },
         )
+    recorded = 0
+    if run.walking:
+        with ctx.db.connect() as conn:
+            statements = Statements(run.spec, run_id)
+            limits = Limits.from_json(run.params.get("limits"))
+            queue = run.params.get("queue")
+            recorded = walk_on(
+                conn, ctx.ledger, ctx.dispatcher, statements, limits, queue=queue
+            ).chunks
     ctx.ledger.finalize_run(run_id)
-    return {"run_id": run_id, "dispatched": sent, "pending": pending}
+    return {"run_id": run_id, "dispatched": sent, "pending": pending, "recorded": recorded}
 
 
 def send_again(ctx: Context, run_id: int, params: Mapping[str, Any]) -> int:
@@ -465,6 +547,7 @@ def rollback(
             conn.execute(q("lock_run"), {"run_id": run_id})
             ctx.ledger.set_run_status(conn, run_id, "rolling_back", [run.status])
             conn.execute(q("cancel_pending_for_rollback"), {"run_id": run_id})
+            ctx.ledger.record_walk(conn, run_id, 0, None, None)  # no chunk more to record
         order = [
             r["chunk_no"]
             for r in conn.execute(q("rollback_order"), {"run_id": run_id, "chunk_no": chunk_no})

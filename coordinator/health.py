@@ -97,6 +97,15 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
     storm = lock_storm(retries)
     if storm:
         alerts.append(storm)
+    if run.walking and not remaining:
+        # every chunk recorded so far has settled and the rest are not recorded: the launch
+        # that records them is gone (or, for a moment, behind the workers)
+        alerts.append(
+            _alert(
+                "planning_stopped",
+                f"chunks remain to be recorded and none is pending: `ferry resume {run.id}`",
+            )
+        )
 
     alerts.extend(
         {"type": a["type"], "message": a["message"], "timestamp": a["at"].isoformat()}
@@ -115,6 +124,8 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         "table": f"{run.spec.schema}.{run.spec.table}",
         "status": state,
         "run_status": run.status,
+        # the launch is still recording the run's chunks (chunks.total grows until it is done)
+        "planning": run.walking,
         "created_by": run.created_by,
         "chunks": chunks,
         "rows": {

@@ -37,27 +37,52 @@ class KeySource(Protocol):
         """The greatest key, or None when there are no rows."""
 
 
+Bounds = list[tuple[str | None, str]]
+
+
 def plan_bounds(source: KeySource, chunk_size: int) -> Iterator[tuple[str | None, str]]:
     """Yield ``(lo, hi)`` for every chunk, lowest first."""
+    for batch, _ in walk_batches(source, chunk_size):
+        yield from batch
+
+
+def walk_batches(
+    source: KeySource,
+    chunk_size: int,
+    *,
+    after: str | None = None,
+    last: str | None = None,
+    first: int = FIRST_BATCH,
+) -> Iterator[tuple[Bounds, bool]]:
+    """The chunks a batch at a time, lowest first, each batch with whether it is the last.
+
+    From the start, or (a walk that goes on) after boundary ``after`` up to ``last``. Every
+    batch but the last holds ``first``, then twice as many, up to LARGEST_BATCH chunks.
+    """
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    last = source.last()
     if last is None:
-        return
-    after: str | None = None
-    batch = FIRST_BATCH
+        last = source.last()
+        if last is None:
+            return
+    batch = first
     while True:
         his = source.boundaries(after, chunk_size - 1, batch, last)
+        chunks: Bounds = []
         for hi in his:
             if hi == last:
-                yield after, last
-                return
-            yield after, hi
+                break
+            chunks.append((after, hi))
             after = hi
-        if len(his) < batch:  # fewer than chunk_size keys left after the last boundary
-            yield after, last
-            return
-        batch = min(batch * 2, LARGEST_BATCH)
+        else:
+            if len(his) == batch:  # more boundaries may follow
+                yield chunks, False
+                batch = min(batch * 2, LARGEST_BATCH)
+                continue
+        # the walk reached the last key, or fewer than chunk_size keys are left before it
+        chunks.append((after, last))
+        yield chunks, True
+        return
 
 
 class PostgresKeys:

@@ -72,6 +72,8 @@ def health_table(h: dict[str, Any]) -> None:
         chunks.add_column(name, justify="right")
     counts = {n: f"{h['chunks'][n]:,}" for n in names}
     counts["pending"] += f" ({h['chunks'].get('queued', 0):,})"
+    if h.get("planning"):
+        counts["total"] += " so far (more being recorded)"
     chunks.add_row(*(counts[n] for n in names))
     console.print(chunks)
     m = h["metrics"]

@@ -127,14 +127,37 @@ class Ledger:
         return int(row["id"])
 
     def insert_chunks(
-        self, conn: Conn, run_id: int, bounds: Iterable[tuple[str | None, str]]
+        self, conn: Conn, run_id: int, bounds: Iterable[tuple[str | None, str]], first: int = 0
     ) -> int:
+        """Record chunks numbered from ``first``, held back (not sent); how many."""
         count = 0
         with conn.cursor().copy("COPY ferry.chunks (run_id, chunk_no, lo, hi) FROM STDIN") as copy:
-            for chunk_no, (lo, hi) in enumerate(bounds):
+            for chunk_no, (lo, hi) in enumerate(bounds, start=first):
                 copy.write_row((run_id, chunk_no, lo, hi))
                 count += 1
         return count
+
+    def walk_state(self, conn: Conn, run_id: int, *, lock: bool = False) -> Mapping[str, Any]:
+        """The run's walk (coordinator.walk); with ``lock``, its row locked until ``conn``
+        commits, waiting at most 5 s (see ``record_walk``)."""
+        if lock:
+            conn.execute("SELECT set_config('lock_timeout', '5s', true)")
+        row: Mapping[str, Any] | None = conn.execute(
+            q("lock_walk" if lock else "walk_state"), {"run_id": run_id}
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        return row
+
+    def record_walk(
+        self, conn: Conn, run_id: int, added: int, after: str | None, walk_to: str | None
+    ) -> None:
+        """Count ``added`` chunks more; the walk goes on after ``after`` up to ``walk_to``, or
+        (both None) it is over."""
+        conn.execute(
+            q("record_walk"),
+            {"run_id": run_id, "added": added, "walk_after": after, "walk_to": walk_to},
+        )
 
     def get_run(self, run_id: int, conn: Conn | None = None) -> Run:
         if conn is None:
@@ -164,8 +187,12 @@ class Ledger:
                 cur = conn.execute(q("run_active"), {"run_id": run_id})
                 conn.commit()
             quick = cur.fetchone()
-        if quick is None or (quick["active"] and quick["status"] == "running"):
-            return None  # the worker finishing the last chunk will end the run
+        if quick is None or (
+            (quick["active"] or quick["walking"]) and quick["status"] == "running"
+        ):
+            # the worker finishing the last chunk will end the run, or the planner recording
+            # the last of them (coordinator.walk)
+            return None
         with self.db.transaction() as conn:
             row = conn.execute(q("lock_run"), {"run_id": run_id}).fetchone()
             if row is None or row["status"] not in ("running", "rolling_back"):
@@ -177,7 +204,7 @@ class Ledger:
                     return None
                 status = "rolled_back"
             else:
-                if tally["active"]:
+                if tally["active"] or row["walking"]:
                     return None
                 if tally["failed"]:
                     status = "failed"

@@ -93,6 +93,8 @@ class Run:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    # chunks still to be recorded by the planner's walk (ledger version 9, coordinator.walk)
+    walking: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Run:
@@ -108,6 +110,7 @@ class Run:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             error=row["error"],
+            walking=bool(row.get("walking")),
         )
 
     @property

@@ -202,6 +202,12 @@ class Statements:
             "FOR NO KEY UPDATE OF t) AS locked"
         ).format(t=self.table, r=self.in_range(r))
 
+    def estimate_rows(self) -> sql.Composed:
+        """The planner's estimate of the run's rows (EXPLAIN: nothing is read)."""
+        return sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {t} AS t WHERE {w}").format(
+            t=self.table, w=self.where
+        )
+
     def count_range(self, r: KeyRange) -> sql.Composed:
         return sql.SQL("SELECT count(*) AS n FROM {t} AS t WHERE {r}").format(
             t=self.table, r=self.in_range(r)

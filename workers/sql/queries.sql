@@ -7,13 +7,33 @@ VALUES (%(backfill)s, 'planning', %(spec)s, %(params)s, %(actor)s)
 RETURNING id;
 
 -- name: start_run
+-- walk_after and walk_to: NULL when every chunk is recorded already (ledger version 9).
 UPDATE ferry.runs
-   SET status = 'running', total_chunks = %(total)s, started_at = clock_timestamp()
+   SET status = 'running', total_chunks = %(total)s, started_at = clock_timestamp(),
+       walk_after = %(walk_after)s, walk_to = %(walk_to)s
+ WHERE id = %(run_id)s;
+
+-- name: walk_state
+SELECT status, walk_after, walk_to FROM ferry.runs WHERE id = %(run_id)s;
+
+-- name: lock_walk
+-- Before a batch of the walk is recorded: the run (locked, so that a rollback or cancel and
+-- the batch happen one after the other) and the number its next chunk takes.
+SELECT r.status, r.walk_after, r.walk_to,
+       (SELECT coalesce(max(c.chunk_no) + 1, 0) FROM ferry.chunks c WHERE c.run_id = r.id)
+           AS next_no
+  FROM ferry.runs r WHERE r.id = %(run_id)s FOR UPDATE OF r;
+
+-- name: record_walk
+UPDATE ferry.runs
+   SET total_chunks = coalesce(total_chunks, 0) + %(added)s,
+       walk_after = %(walk_after)s, walk_to = %(walk_to)s
  WHERE id = %(run_id)s;
 
 -- name: get_run
 SELECT id, backfill, status, spec, params, total_chunks, created_by, created_at,
-       started_at, finished_at, error
+       started_at, finished_at, error,
+       walk_to IS NOT NULL AND status IN ('running', 'paused') AS walking
   FROM ferry.runs WHERE id = %(run_id)s;
 
 -- name: set_run_status
@@ -132,14 +152,15 @@ UPDATE ferry.chunks
 -- name: run_active
 SELECT EXISTS (SELECT 1 FROM ferry.chunks
                 WHERE run_id = %(run_id)s AND status IN ('pending', 'running')) AS active,
-       (SELECT status FROM ferry.runs WHERE id = %(run_id)s) AS status;
+       status, walk_to IS NOT NULL AS walking
+  FROM ferry.runs WHERE id = %(run_id)s;
 
 -- name: stop_run
 UPDATE ferry.runs SET status = 'failed', error = %(error)s, finished_at = clock_timestamp()
  WHERE id = %(run_id)s AND status = 'running';
 
 -- name: lock_run
-SELECT status FROM ferry.runs WHERE id = %(run_id)s FOR UPDATE;
+SELECT status, walk_to IS NOT NULL AS walking FROM ferry.runs WHERE id = %(run_id)s FOR UPDATE;
 
 -- name: chunk_tally
 SELECT count(*) FILTER (WHERE status IN ('pending', 'running')) AS active,
@@ -338,7 +359,9 @@ UPDATE ferry.runs SET params = jsonb_set(params, '{limits}', %(limits)s)
  WHERE id = %(run_id)s RETURNING id;
 
 -- name: cancel_run
-UPDATE ferry.runs SET status = 'cancelled', finished_at = clock_timestamp()
+-- A run still recording its chunks (walk_to) records no more (coordinator.walk).
+UPDATE ferry.runs SET status = 'cancelled', finished_at = clock_timestamp(),
+       walk_after = NULL, walk_to = NULL
  WHERE id = %(run_id)s AND status IN ('running', 'paused', 'planning')
 RETURNING id;
 

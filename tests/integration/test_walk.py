@@ -1,0 +1,200 @@
+"""A run's chunks recorded while its first ones run (coordinator.walk), on real workers.
+
+A launch that dies after recording its first batch of chunks is what ``interrupted`` makes:
+the first half of ``ferry launch`` in this process (the run, its first chunks, their tasks),
+and no walk after it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from coordinator.planner import FIRST_BATCH
+from tests.conftest import ferry
+from tests.helpers import (
+    chunk_counts,
+    copy_table,
+    fingerprint,
+    make_numbers_table,
+    spec_file,
+    wait_run,
+)
+
+pytestmark = pytest.mark.usefixtures("workers")
+
+SPEC = """
+score_sql = Backfill(table="{table}", key="id", reads=["a", "b", "name"], writes=["score", "code"],
+                     sql={{"score": "a * 3 + b", "code": "upper(trim(name))"}}, chunk_size={chunk})
+"""
+ROWS, CHUNK = 6_000, 50  # 120 chunks: the first 16 at launch, the rest in batches of 32 and 64
+
+
+def _expected(db: psycopg.Connection[Any], table: str) -> str:
+    copy_table(db, table, f"{table}_ref")
+    db.execute(f"UPDATE {table}_ref SET score = a * 3 + b, code = upper(trim(name))")
+    return fingerprint(db, f"{table}_ref")
+
+
+def _context(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    from coordinator import commands
+    from workers.settings import Settings
+
+    for name in ("FERRY_DATABASE_URL", "FERRY_REDIS_URL", "FERRY_QUEUE"):
+        monkeypatch.setenv(name, env[name])
+    return commands.Context(Settings.from_env())
+
+
+def _interrupted(ctx: Any, reference: str) -> int:
+    """Launch as ``ferry launch`` does up to its walk: the run with its first chunks, sent."""
+    from coordinator import commands
+    from workers.dispatch import send_window
+    from workers.limits import Limits
+
+    limits = Limits(db_load=None)
+    plan = commands._prepare(ctx, reference, where=None, chunk_size=None, commit=True, limits=limits)
+    assert plan.run_id is not None and plan.walking and plan.chunks == FIRST_BATCH
+    send_window(ctx.ledger, ctx.dispatcher, plan.run_id, limits)
+    return plan.run_id
+
+
+def _tiles(db: psycopg.Connection[Any], run_id: int, table: str) -> None:
+    """Every row of the table in exactly one chunk, chunk numbers in key order."""
+    rows = db.execute(
+        f"SELECT c.chunk_no, count(t.id) FROM ferry.chunks c LEFT JOIN {table} t "
+        "ON (c.lo IS NULL OR t.id > c.lo::bigint) AND t.id <= c.hi::bigint "
+        "WHERE c.run_id = %s GROUP BY c.chunk_no ORDER BY c.chunk_no",
+        (run_id,),
+    ).fetchall()
+    assert [n for n, _ in rows] == list(range(ROWS // CHUNK))
+    assert [c for _, c in rows] == [CHUNK] * (ROWS // CHUNK)
+    total = db.execute("SELECT total_chunks FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+    assert total == (ROWS // CHUNK,)
+
+
+def test_launch_records_its_chunks_while_the_first_ones_run(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    make_numbers_table(db, "walked", ROWS)
+    expected = _expected(db, "walked")
+    path = spec_file(tmp_path, SPEC.format(table="walked", chunk=CHUNK))
+    proc = ferry("launch", f"{path}:score_sql", "--json", "--db-load", "0", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["chunks"] == ROWS // CHUNK and out["rows"] == ROWS
+    assert wait_run(db, out["run_id"]) == "completed"
+    assert fingerprint(db, "walked") == expected
+    _tiles(db, out["run_id"], "walked")
+    walk = db.execute(
+        "SELECT walk_after, walk_to FROM ferry.runs WHERE id = %s", (out["run_id"],)
+    ).fetchone()
+    assert walk == (None, None)
+
+
+def test_a_launch_lost_mid_walk_leaves_its_run_running_until_resumed(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_numbers_table(db, "lost_walk", ROWS)
+    expected = _expected(db, "lost_walk")
+    path = spec_file(tmp_path, SPEC.format(table="lost_walk", chunk=CHUNK))
+    ctx = _context(env, monkeypatch)
+    try:
+        run_id = _interrupted(ctx, f"{path}:score_sql")
+    finally:
+        ctx.close()
+    # the workers apply every chunk recorded; the run must not end with the rest unrecorded
+    deadline = time.monotonic() + 120
+    while chunk_counts(db, run_id).get("done", 0) < FIRST_BATCH:
+        assert time.monotonic() < deadline, chunk_counts(db, run_id)
+        time.sleep(0.2)
+    time.sleep(1.0)  # the last chunk's run-end check has had its turn
+    assert db.execute("SELECT status FROM ferry.runs WHERE id = %s", (run_id,)).fetchone() == (
+        "running",
+    )
+    health = json.loads(ferry("status", str(run_id), "--json", env=env).stdout)
+    assert health["planning"] is True and health["status"] == "degraded"
+    assert [a["type"] for a in health["alerts"]] == ["planning_stopped"]
+
+    resumed = ferry("resume", str(run_id), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{ROWS // CHUNK - FIRST_BATCH} chunk(s) its launch had not recorded" in resumed.stdout
+    assert wait_run(db, run_id) == "completed"
+    assert fingerprint(db, "lost_walk") == expected
+    _tiles(db, run_id, "lost_walk")
+
+
+def test_two_walkers_of_one_run_record_each_chunk_once(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``ferry resume`` while the launch still walks: they take turns, batch by batch."""
+    from coordinator.walk import walk_on
+    from workers.limits import Limits
+    from workers.statements import Statements
+
+    make_numbers_table(db, "two_walks", ROWS)
+    expected = _expected(db, "two_walks")
+    path = spec_file(tmp_path, SPEC.format(table="two_walks", chunk=CHUNK))
+    ctx = _context(env, monkeypatch)
+    try:
+        run_id = _interrupted(ctx, f"{path}:score_sql")
+        statements = Statements(ctx.ledger.get_run(run_id).spec, run_id)
+        recorded: list[int] = []
+        start = threading.Barrier(2)
+
+        def walker() -> None:
+            with ctx.db.connect() as conn:
+                start.wait()
+                walked = walk_on(conn, ctx.ledger, ctx.dispatcher, statements, Limits())
+                recorded.append(walked.chunks)
+
+        threads = [threading.Thread(target=walker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        ctx.close()
+    assert sum(recorded) == ROWS // CHUNK - FIRST_BATCH
+    assert wait_run(db, run_id) == "completed"
+    assert fingerprint(db, "two_walks") == expected
+    _tiles(db, run_id, "two_walks")
+
+
+def test_a_run_rolled_back_mid_walk_records_no_more_chunks(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_numbers_table(db, "walk_undone", ROWS)
+    before = fingerprint(db, "walk_undone")
+    path = spec_file(tmp_path, SPEC.format(table="walk_undone", chunk=CHUNK))
+    ctx = _context(env, monkeypatch)
+    try:
+        run_id = _interrupted(ctx, f"{path}:score_sql")
+    finally:
+        ctx.close()
+    rolled = ferry("rollback", str(run_id), "--wait", env=env)
+    assert rolled.returncode == 0, rolled.stderr
+    assert wait_run(db, run_id, until=("rolled_back",)) == "rolled_back"
+    assert fingerprint(db, "walk_undone") == before
+    row = db.execute(
+        "SELECT total_chunks, walk_to, (SELECT count(*) FROM ferry.chunks WHERE run_id = %s) "
+        "FROM ferry.runs WHERE id = %s",
+        (run_id, run_id),
+    ).fetchone()
+    assert row == (FIRST_BATCH, None, FIRST_BATCH)
+    resumed = ferry("resume", str(run_id), env=env)
+    assert resumed.returncode != 0 and "rolled_back" in resumed.stderr
