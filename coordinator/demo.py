@@ -87,9 +87,7 @@ def _start_workers(
         name = f"worker{i}"
         state.spawn(
             name,
-            worker_command(
-                f"demo{i}", extra=[f"--pidfile={state.run_dir / (name + '.celery')}"]
-            ),
+            worker_command(f"demo{i}", extra=[f"--pidfile={state.run_dir / (name + '.celery')}"]),
             env,
         )
         started.append(name)
