@@ -154,13 +154,18 @@ class ChunkExecutor:
     def _write_missed(
         self, conn: Conn, ctx: RunContext, args: ChunkArgs, keys: Sequence[str]
     ) -> Mapping[str, Any]:
-        """The rows the application changed between the chunk statement's snapshot and its
-        write: the update skipped them and holds their locks, so this statement reads and
-        writes the version that stays."""
+        """The rows the application changed after the chunk read them: the update skipped
+        them. On the SQL path it holds their locks, so one statement reads and writes the
+        version that stays; on the pandas path they are read again, locked this time, and
+        transformed and staged afresh (the temp table emptied first)."""
         log.debug("run %s chunk %s: %d rows moved under it", args.run_id, args.chunk_no, len(keys))
         r = args.range
         again = replace(args, range=KeyRange(r.lo, r.hi, tuple(keys)), rows_read=None)
         with step("ferry.write_missed"):
+            if ctx.transform is not None:
+                conn.execute(ctx.statements.clear_input())
+                read = stage_input(conn, ctx, again.range, lock=True)
+                again = replace(again, rows_read=read)
             counts: Mapping[str, Any] | None = conn.execute(ctx.statements.apply(again)).fetchone()
         assert counts is not None
         return counts
@@ -303,8 +308,8 @@ class ChunkExecutor:
             if ctx.statements.locks_first:
                 with step("ferry.lock"):
                     conn.execute(ctx.statements.lock_rows(key_range))
-        else:  # the COPY that reads the chunk takes its row locks
-            rows_read = stage_input(conn, ctx, key_range, lock=True)
+        else:  # the COPY that reads the chunk takes its row locks, or the versions it read
+            rows_read = stage_input(conn, ctx, key_range, lock=not ctx.statements.reads_unlocked)
         args = ChunkArgs(
             run_id=run_id,
             chunk_no=chunk_no,
@@ -315,7 +320,7 @@ class ChunkExecutor:
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks
             counts = conn.execute(ctx.statements.apply(args)).fetchone()
         assert counts is not None
-        if counts["missed"] and ctx.transform is None:
+        if counts["missed"]:
             counts = _add(counts, self._write_missed(conn, ctx, args, counts["missed"]))
         if counts["rows_changed"] != counts["rows_written"]:
             # Values computed (by pandas) from a version the application has since changed, or

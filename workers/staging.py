@@ -147,7 +147,7 @@ def stage_input(
     spec = ctx.spec
     st = ctx.statements
     buffer = bytearray()
-    olds = st.old_columns
+    olds = st.raw_columns  # the old values (and version) read, staged as they came
     with step("ferry.read"):
         with conn.cursor().copy(st.read_copy(key_range, lock=lock)) as copy:
             for block in copy:

@@ -152,7 +152,9 @@ def test_chunk_claimed_just_before_a_pause_is_handed_back_untouched(
     ferry("cancel", str(run_id), env=own_env, check=True)
 
 
+@pytest.mark.parametrize("path", ["s", "b"])  # the SQL path, the pandas path
 def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
+    path: str,
     db: psycopg.Connection[Any],
     own_env: dict[str, str],
     tmp_path: Path,
@@ -160,16 +162,18 @@ def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
     database_url: str,
 ) -> None:
     """The application updates one row and deletes another of a chunk's range while the
-    chunk's statement waits on them: the updated row gets the value computed from what the
-    application wrote, its pre-image is that version, and the deleted row is neither written
-    nor saved. No worker consumes the test's queue: this executor is the only one at work."""
-    make_numbers_table(db, "moved", 300)
-    db.execute("UPDATE moved SET a = 1, b = 1 WHERE id IN (50, 60)")  # both change in the run
-    run_id = launch(own_env, f"{slow_spec(tmp_path, 'moved', 300)}:s")
+    chunk's statement waits on them (the pandas path read them unlocked, at their version
+    before): the updated row gets the value computed from what the application wrote, its
+    pre-image is that version, and the deleted row is neither written nor saved. No worker
+    consumes the test's queue: this executor is the only one at work."""
+    table = f"moved_{path}"
+    make_numbers_table(db, table, 300)
+    db.execute(f"UPDATE {table} SET a = 1, b = 1 WHERE id IN (50, 60)")  # both change in the run
+    run_id = launch(own_env, f"{slow_spec(tmp_path, table, 300)}:{path}")
     executor = _executor(own_env, monkeypatch, "pytest:moved")
     app = psycopg.connect(database_url)
-    app.execute("UPDATE moved SET a = 1000, score = -1 WHERE id = 50")
-    app.execute("DELETE FROM moved WHERE id = 60")
+    app.execute(f"UPDATE {table} SET a = 1000, score = -1 WHERE id = 50")
+    app.execute(f"DELETE FROM {table} WHERE id = 60")
     outcome: dict[str, Any] = {}
 
     def apply() -> None:
@@ -199,7 +203,7 @@ def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
     assert result.outcome == "done"
     left = db.execute(
         "SELECT count(*) FILTER (WHERE score IS DISTINCT FROM a * 3 + b), count(*),"
-        " max(score) FILTER (WHERE id = 50) FROM moved"
+        f" max(score) FILTER (WHERE id = 50) FROM {table}"
     ).fetchone()
     assert left is not None and left[0] == 0 and left[1] == 299
     assert left[2] == 1000 * 3 + 1
