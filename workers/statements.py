@@ -13,10 +13,11 @@ rows that a skip rule rejects, saves pre-images of the rows that really
 change into the run's backup table and updates exactly those rows, found
 again by (tableoid, ctid); the pre-images come from the update's own
 RETURNING, so every pre-image is of a row written. The version read must be
-the version updated. Where the statement judges what it reads (rules) or
-writes what Python computed from an earlier read (pandas), the chunk's rows
-are locked before they are read (``lock_rows``, or the COPY that reads
-them). The SQL path without rules needs no such first pass over the range:
+the version updated. Where the statement judges what it reads (rules, or
+the pandas path with a filter), the chunk's rows are locked before they are
+read (``lock_rows``, or the COPY that reads them). The pandas path without
+either reads unlocked and stages each row's version (``reads_unlocked``): the
+statement writes only rows still at it. The SQL path without rules needs no such first pass over the range:
 a row the application changed after the statement's snapshot has a new TID,
 so the update's recheck of ``ctid`` skips it, and locks it, since PostgreSQL
 locks the newest version before it rechecks. The statement returns those

@@ -19,8 +19,9 @@ on the pandas path
 ``ferry.read`` (COPY out), ``ferry.transform``, ``ferry.validate`` (Python rules) and
 ``ferry.stage`` (COPY into the temp table), then ``ferry.write`` (the one chunk statement:
 on the SQL path it also computes the new values and checks the SQL rules),
-``ferry.write_missed`` (SQL path, only when the application changed some of the chunk's rows
-under that statement: the second statement over them) and ``ferry.commit``. Database and
+``ferry.write_missed`` (only when the application changed some of the chunk's rows after
+they were read: the second statement over them, on the pandas path after they are read
+again, locked, and transformed) and ``ferry.commit``. Database and
 Redis calls appear under them as client spans.
 
 No PHI leaves the process: Ferry's attributes are ids, counts and the key range's bounds;
