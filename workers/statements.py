@@ -17,12 +17,12 @@ the version updated. Where the statement judges what it reads (rules, or
 the pandas path with a filter), the chunk's rows are locked before they are
 read (``lock_rows``, or the COPY that reads them). The pandas path without
 either reads unlocked and stages each row's version (``reads_unlocked``): the
-statement writes only rows still at it. The SQL path without rules needs no such first pass over the range:
-a row the application changed after the statement's snapshot has a new TID,
-so the update's recheck of ``ctid`` skips it, and locks it, since PostgreSQL
-locks the newest version before it rechecks. The statement returns those
-keys (``missed``) and a second statement over just them, now stable, writes
-them (``workers.execution``).
+statement writes only rows still at it. The SQL path without rules needs no
+first pass over the range either: a row the application changed after the
+statement's snapshot has a new TID, so the update's recheck of ``ctid`` skips
+it, and locks it, since PostgreSQL locks the newest version before it
+rechecks. On both, the statement returns the keys it skipped (``missed``) and
+a second pass over just them writes them (``workers.execution``).
 A run launched with FERRY_ENCRYPTION_KEY seals its pre-images and raw quarantined
 values in that same statement (``workers.encryption``); without a key the
 statements are exactly what they were.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,40 @@ def _interrupted(ctx: Any, reference: str) -> int:
     from workers.limits import Limits
 
     limits = Limits(db_load=None)
-    plan = commands._prepare(ctx, reference, where=None, chunk_size=None, commit=True, limits=limits)
+    plan = commands._prepare(
+        ctx, reference, where=None, chunk_size=None, commit=True, limits=limits
+    )
     assert plan.run_id is not None and plan.walking and plan.chunks == FIRST_BATCH
     send_window(ctx.ledger, ctx.dispatcher, plan.run_id, limits)
     return plan.run_id
+
+
+@dataclass(frozen=True)
+class Lost:
+    run_id: int
+    ctx: Any  # the launch's commands.Context, open until the test ends
+    before: str  # the table's fingerprint before the run
+    expected: str  # ... and after a single UPDATE
+
+
+@pytest.fixture
+def lost_launch(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[str], Lost]]:
+    """Runs over a new numbers table each, from a launch lost after its first batch."""
+    ctx = _context(env, monkeypatch)
+
+    def make(table: str) -> Lost:
+        make_numbers_table(db, table, ROWS)
+        before, expected = fingerprint(db, table), _expected(db, table)
+        path = spec_file(tmp_path, SPEC.format(table=table, chunk=CHUNK))
+        return Lost(_interrupted(ctx, f"{path}:score_sql"), ctx, before, expected)
+
+    yield make
+    ctx.close()
 
 
 def _tiles(db: psycopg.Connection[Any], run_id: int, table: str) -> None:
@@ -98,19 +130,10 @@ def test_launch_records_its_chunks_while_the_first_ones_run(
 
 
 def test_a_launch_lost_mid_walk_leaves_its_run_running_until_resumed(
-    db: psycopg.Connection[Any],
-    env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    db: psycopg.Connection[Any], env: dict[str, str], lost_launch: Callable[[str], Lost]
 ) -> None:
-    make_numbers_table(db, "lost_walk", ROWS)
-    expected = _expected(db, "lost_walk")
-    path = spec_file(tmp_path, SPEC.format(table="lost_walk", chunk=CHUNK))
-    ctx = _context(env, monkeypatch)
-    try:
-        run_id = _interrupted(ctx, f"{path}:score_sql")
-    finally:
-        ctx.close()
+    lost = lost_launch("lost_walk")
+    run_id = lost.run_id
     # the workers apply every chunk recorded; the run must not end with the rest unrecorded
     deadline = time.monotonic() + 120
     while chunk_counts(db, run_id).get("done", 0) < FIRST_BATCH:
@@ -128,68 +151,50 @@ def test_a_launch_lost_mid_walk_leaves_its_run_running_until_resumed(
     assert resumed.returncode == 0, resumed.stderr
     assert f"{ROWS // CHUNK - FIRST_BATCH} chunk(s) its launch had not recorded" in resumed.stdout
     assert wait_run(db, run_id) == "completed"
-    assert fingerprint(db, "lost_walk") == expected
+    assert fingerprint(db, "lost_walk") == lost.expected
     _tiles(db, run_id, "lost_walk")
 
 
 def test_two_walkers_of_one_run_record_each_chunk_once(
-    db: psycopg.Connection[Any],
-    env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    db: psycopg.Connection[Any], lost_launch: Callable[[str], Lost]
 ) -> None:
     """A ``ferry resume`` while the launch still walks: they take turns, batch by batch."""
     from coordinator.walk import walk_on
     from workers.limits import Limits
     from workers.statements import Statements
 
-    make_numbers_table(db, "two_walks", ROWS)
-    expected = _expected(db, "two_walks")
-    path = spec_file(tmp_path, SPEC.format(table="two_walks", chunk=CHUNK))
-    ctx = _context(env, monkeypatch)
-    try:
-        run_id = _interrupted(ctx, f"{path}:score_sql")
-        statements = Statements(ctx.ledger.get_run(run_id).spec, run_id)
-        recorded: list[int] = []
-        start = threading.Barrier(2)
+    lost = lost_launch("two_walks")
+    ctx, run_id = lost.ctx, lost.run_id
+    statements = Statements(ctx.ledger.get_run(run_id).spec, run_id)
+    recorded: list[int] = []
+    start = threading.Barrier(2)
 
-        def walker() -> None:
-            with ctx.db.connect() as conn:
-                start.wait()
-                walked = walk_on(conn, ctx.ledger, ctx.dispatcher, statements, Limits())
-                recorded.append(walked.chunks)
+    def walker() -> None:
+        with ctx.db.connect() as conn:
+            start.wait()
+            walked = walk_on(conn, ctx.ledger, ctx.dispatcher, statements, Limits())
+            recorded.append(walked.chunks)
 
-        threads = [threading.Thread(target=walker) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    finally:
-        ctx.close()
+    threads = [threading.Thread(target=walker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
     assert sum(recorded) == ROWS // CHUNK - FIRST_BATCH
     assert wait_run(db, run_id) == "completed"
-    assert fingerprint(db, "two_walks") == expected
+    assert fingerprint(db, "two_walks") == lost.expected
     _tiles(db, run_id, "two_walks")
 
 
 def test_a_run_rolled_back_mid_walk_records_no_more_chunks(
-    db: psycopg.Connection[Any],
-    env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    db: psycopg.Connection[Any], env: dict[str, str], lost_launch: Callable[[str], Lost]
 ) -> None:
-    make_numbers_table(db, "walk_undone", ROWS)
-    before = fingerprint(db, "walk_undone")
-    path = spec_file(tmp_path, SPEC.format(table="walk_undone", chunk=CHUNK))
-    ctx = _context(env, monkeypatch)
-    try:
-        run_id = _interrupted(ctx, f"{path}:score_sql")
-    finally:
-        ctx.close()
+    lost = lost_launch("walk_undone")
+    run_id = lost.run_id
     rolled = ferry("rollback", str(run_id), "--wait", env=env)
     assert rolled.returncode == 0, rolled.stderr
     assert wait_run(db, run_id, until=("rolled_back",)) == "rolled_back"
-    assert fingerprint(db, "walk_undone") == before
+    assert fingerprint(db, "walk_undone") == lost.before
     row = db.execute(
         "SELECT total_chunks, walk_to, (SELECT count(*) FROM ferry.chunks WHERE run_id = %s) "
         "FROM ferry.runs WHERE id = %s",
