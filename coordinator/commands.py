@@ -18,11 +18,9 @@ from typing import Any
 import psycopg
 import redis
 
-from coordinator.planner import Bounds, PostgresKeys, plan_bounds, walk_batches
 from coordinator.purge import check_not_purged
 from coordinator.resolve import resolve
 from coordinator.roles import create_roles
-from coordinator.walk import walk_on
 from migrations.errors import BadInput, CheckFailed, FerryError
 from migrations.loading import load_backfill, normalize_reference
 from workers.catalog import average_row_bytes, data_directory, has_lz4, sample_size_bytes
@@ -32,12 +30,14 @@ from workers.failures import describe
 from workers.ledger import Ledger, q
 from workers.limits import Limits
 from workers.model import RunSpec
+from workers.planner import Bounds, PostgresKeys, plan_bounds, walk_batches
 from workers.progress import RedisProgress
 from workers.settings import Settings
 from workers.statements import ChunkArgs, KeyRange, Statements, pre_image_layout
 from workers.sweeper import sweep
 from workers.telemetry import launch_span
 from workers.throttle import RedisLimiter
+from workers.walk import walk_on
 
 SAMPLE_ROWS = 200
 
@@ -163,7 +163,7 @@ def launch(
 ) -> Plan:
     """Plan a run, record it with its first chunks in one transaction, send the first window
     of them (Limits.window; each chunk that settles sends the next, one task per chunk in
-    all), then record the rest of its chunks while the first ones run (coordinator.walk).
+    all), then record the rest of its chunks while the first ones run (workers.walk).
 
     With ``catch_up``, the run covers exactly the rows of that earlier run which the
     application changed after their chunk was applied (see ``ferry verify``).
@@ -285,7 +285,7 @@ def _prepare(
             )
             sample = _preflight(conn, spec, statements, run_id)
             # A launch records the first batch of chunks with the run and the rest once the
-            # first ones run (coordinator.walk); a plan walks the whole index.
+            # first ones run (workers.walk); a plan walks the whole index.
             keys = PostgresKeys(conn, statements)
             last = keys.last()
             bounds: Bounds = []
@@ -456,7 +456,7 @@ def resume(ctx: Context, run_id: int) -> dict[str, Any]:
     """Continue a run from the ledger: after ``ferry pause``, a health pause, or losing the
     coordinator, Redis or workers. A window of the pending chunks is sent again (a duplicate
     is a no-op) and they release the rest; the chunks a lost coordinator had not recorded
-    yet are recorded now (coordinator.walk)."""
+    yet are recorded now (workers.walk)."""
     with ctx.db.transaction() as conn:
         run = ctx.ledger.get_run(run_id, conn)
         if run.status not in ("running", "paused"):

@@ -138,7 +138,7 @@ class Ledger:
         return count
 
     def walk_state(self, conn: Conn, run_id: int, *, lock: bool = False) -> Mapping[str, Any]:
-        """The run's walk (coordinator.walk); with ``lock``, its row locked until ``conn``
+        """The run's walk (workers.walk); with ``lock``, its row locked until ``conn``
         commits, waiting at most 5 s (see ``record_walk``)."""
         if lock:
             conn.execute("SELECT set_config('lock_timeout', '5s', true)")
@@ -191,7 +191,7 @@ class Ledger:
             (quick["active"] or quick["walking"]) and quick["status"] == "running"
         ):
             # the worker finishing the last chunk will end the run, or the planner recording
-            # the last of them (coordinator.walk)
+            # the last of them (workers.walk)
             return None
         with self.db.transaction() as conn:
             row = conn.execute(q("lock_run"), {"run_id": run_id}).fetchone()
@@ -287,6 +287,12 @@ class Ledger:
         with self.db.transaction() as conn:
             rows = conn.execute(q("requeue_expired")).fetchall()
         return [(r["run_id"], r["chunk_no"], r["queue"]) for r in rows]
+
+    def abandoned_walks(self, stall_seconds: float) -> list[int]:
+        """Runs whose launch stopped recording their chunks ``stall_seconds`` ago or more."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(q("abandoned_walks"), {"stall": stall_seconds}).fetchall()
+        return [int(r["id"]) for r in rows]
 
     def stalled_runs(self, stall_seconds: float) -> list[tuple[int, str | None, Limits]]:
         with self.db.transaction() as conn:

@@ -93,7 +93,7 @@ class Run:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    # chunks still to be recorded by the planner's walk (ledger version 9, coordinator.walk)
+    # chunks still to be recorded by the planner's walk (ledger version 9, workers.walk)
     walking: bool = False
 
     @classmethod

@@ -5,6 +5,10 @@ timeout. Ferry does not wait for it: a claimed chunk carries a lease, and a
 live chunk transaction holds the chunk's row lock, so ``SKIP LOCKED`` passes
 over every chunk still being worked on. What remains, past its lease, is lost
 work, and goes back to pending and onto the queue.
+
+A run whose launch died before it recorded all of the run's chunks (``workers.walk``) is
+found the same way, by the age of its last recorded batch, and its walk is finished here,
+in a thread of its own: the sweeps go on meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from collections.abc import Callable
 
 from workers.dispatch import Dispatcher, send_window
 from workers.ledger import Ledger
+from workers.limits import Limits
 from workers.progress import ProgressStore
+from workers.statements import Statements
+from workers.walk import walk_on
 
 log = logging.getLogger("ferry.sweeper")
 
@@ -93,6 +100,7 @@ class SweeperThread(threading.Thread):
         self.stall_seconds = stall_seconds
         self.queue_length = queue_length
         self.stopped = threading.Event()
+        self._walkers: dict[int, threading.Thread] = {}
 
     def run(self) -> None:
         last_cpu, last_t = usage()["cpu_seconds"], time.monotonic()
@@ -104,6 +112,8 @@ class SweeperThread(threading.Thread):
                     stall_seconds=self.stall_seconds,
                     queue_length=self.queue_length,
                 )
+                if self.stall_seconds is not None:
+                    self._walk_abandoned(self.stall_seconds)
             except Exception as exc:
                 log.warning("sweep failed: %s", type(exc).__name__)
             now = usage()
@@ -122,3 +132,34 @@ class SweeperThread(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def _walk_abandoned(self, stall_seconds: float) -> None:
+        for run_id in self.ledger.abandoned_walks(stall_seconds):
+            walker = self._walkers.get(run_id)
+            if walker is not None and walker.is_alive():
+                continue
+            log.warning("run %s: its launch stopped recording chunks; recording the rest", run_id)
+            walker = threading.Thread(
+                target=self._walk, args=(run_id,), name=f"ferry-walk-{run_id}", daemon=True
+            )
+            self._walkers[run_id] = walker
+            walker.start()
+
+    def _walk(self, run_id: int) -> None:
+        """Record the rest of a run's chunks (another worker may be at it too: each batch is
+        recorded once, see ``workers.walk``)."""
+        try:
+            run = self.ledger.get_run(run_id)
+            limits = Limits.from_json(run.params.get("limits"))
+            statements = Statements(run.spec, run_id)
+            with self.ledger.db.connect() as conn:
+                walk_on(
+                    conn,
+                    self.ledger,
+                    self.dispatcher,
+                    statements,
+                    limits,
+                    queue=run.params.get("queue"),
+                )
+        except Exception as exc:  # the next sweep past the stall interval tries again
+            log.warning("run %s: recording its chunks failed: %s", run_id, type(exc).__name__)

@@ -11,10 +11,10 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from coordinator.planner import FIRST_BATCH, MemoryKeys, PostgresKeys, plan_bounds
 from coordinator.resolve import resolve
 from migrations import Backfill
 from tests.helpers import make_numbers_table
+from workers.planner import FIRST_BATCH, MemoryKeys, PostgresKeys, plan_bounds
 from workers.statements import KeyRange, Statements
 
 Walker = psycopg.Connection[Any]

@@ -1,4 +1,4 @@
-"""A run's chunks recorded while its first ones run (coordinator.walk), on real workers.
+"""A run's chunks recorded while its first ones run (workers.walk), on real workers.
 
 A launch that dies after recording its first batch of chunks is what ``interrupted`` makes:
 the first half of ``ferry launch`` in this process (the run, its first chunks, their tasks),
@@ -18,8 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from coordinator.planner import FIRST_BATCH
-from tests.conftest import ferry
+from tests.conftest import WorkerPool, ferry
 from tests.helpers import (
     chunk_counts,
     copy_table,
@@ -28,6 +27,7 @@ from tests.helpers import (
     spec_file,
     wait_run,
 )
+from workers.planner import FIRST_BATCH
 
 pytestmark = pytest.mark.usefixtures("workers")
 
@@ -76,15 +76,11 @@ class Lost:
     expected: str  # ... and after a single UPDATE
 
 
-@pytest.fixture
-def lost_launch(
-    db: psycopg.Connection[Any],
-    env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def _lost_launches(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, mp: pytest.MonkeyPatch
 ) -> Iterator[Callable[[str], Lost]]:
     """Runs over a new numbers table each, from a launch lost after its first batch."""
-    ctx = _context(env, monkeypatch)
+    ctx = _context(env, mp)
 
     def make(table: str) -> Lost:
         make_numbers_table(db, table, ROWS)
@@ -94,6 +90,28 @@ def lost_launch(
 
     yield make
     ctx.close()
+
+
+@pytest.fixture
+def lost_launch(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[str], Lost]]:
+    """On the session's workers, which notice a stalled walk only after 90 s."""
+    yield from _lost_launches(db, env, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def lost_launch_own(
+    db: psycopg.Connection[Any],
+    own_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[[str], Lost]]:
+    """On the test's own queue, whose workers notice a stalled walk after 6 s."""
+    yield from _lost_launches(db, own_env, tmp_path, monkeypatch)
 
 
 def _tiles(db: psycopg.Connection[Any], run_id: int, table: str) -> None:
@@ -155,13 +173,29 @@ def test_a_launch_lost_mid_walk_leaves_its_run_running_until_resumed(
     _tiles(db, run_id, "lost_walk")
 
 
+def test_a_worker_records_the_chunks_a_lost_launch_did_not(
+    db: psycopg.Connection[Any],
+    pool: WorkerPool,
+    tmp_path: Path,
+    lost_launch_own: Callable[[str], Lost],
+) -> None:
+    """No ``ferry resume``: a worker's sweeper sees no batch recorded for the stall interval
+    and finishes the walk itself."""
+    lost = lost_launch_own("swept_walk")
+    pool.start("sweeping")
+    assert wait_run(db, lost.run_id, timeout=120) == "completed"
+    assert fingerprint(db, "swept_walk") == lost.expected
+    _tiles(db, lost.run_id, "swept_walk")
+    assert "stopped recording chunks" in (tmp_path / "sweeping.log").read_text()
+
+
 def test_two_walkers_of_one_run_record_each_chunk_once(
     db: psycopg.Connection[Any], lost_launch: Callable[[str], Lost]
 ) -> None:
     """A ``ferry resume`` while the launch still walks: they take turns, batch by batch."""
-    from coordinator.walk import walk_on
     from workers.limits import Limits
     from workers.statements import Statements
+    from workers.walk import walk_on
 
     lost = lost_launch("two_walks")
     ctx, run_id = lost.ctx, lost.run_id

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from coordinator.planner import MemoryKeys, plan_bounds
+from workers.planner import MemoryKeys, plan_bounds
 
 
 def _rows_per_chunk(keys: list, bounds: list[tuple[str | None, str]]) -> list[int]:

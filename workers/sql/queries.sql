@@ -10,7 +10,7 @@ RETURNING id;
 -- walk_after and walk_to: NULL when every chunk is recorded already (ledger version 9).
 UPDATE ferry.runs
    SET status = 'running', total_chunks = %(total)s, started_at = clock_timestamp(),
-       walk_after = %(walk_after)s, walk_to = %(walk_to)s
+       walk_after = %(walk_after)s, walk_to = %(walk_to)s, walked_at = clock_timestamp()
  WHERE id = %(run_id)s;
 
 -- name: walk_state
@@ -27,8 +27,14 @@ SELECT r.status, r.walk_after, r.walk_to,
 -- name: record_walk
 UPDATE ferry.runs
    SET total_chunks = coalesce(total_chunks, 0) + %(added)s,
-       walk_after = %(walk_after)s, walk_to = %(walk_to)s
+       walk_after = %(walk_after)s, walk_to = %(walk_to)s, walked_at = clock_timestamp()
  WHERE id = %(run_id)s;
+
+-- name: abandoned_walks
+-- Runs with chunks still to record and no batch recorded for a while: their launch is gone.
+SELECT id FROM ferry.runs
+ WHERE status IN ('running', 'paused') AND walk_to IS NOT NULL
+   AND walked_at < clock_timestamp() - make_interval(secs => %(stall)s);
 
 -- name: get_run
 SELECT id, backfill, status, spec, params, total_chunks, created_by, created_at,

@@ -13,7 +13,8 @@ the last (the batch is walked before the lock is taken: workers update the run r
 must not wait for a walk). So two processes walking the same run (a ``ferry resume`` while
 the launch still walks) record every chunk once. A rollback or cancel takes the same lock; a
 walk that finds its run no longer running (or paused) records nothing more and ends. A walk
-cut off with its coordinator is picked up by ``ferry resume``; until then the run stays
+cut off with its coordinator is picked up by ``ferry resume``, or by a worker's sweeper once
+no batch has been recorded for the stall interval (``walked_at``); until then the run stays
 running: the ledger knows chunks are missing.
 """
 
@@ -24,11 +25,11 @@ from typing import Any
 
 import psycopg
 
-from coordinator.planner import FIRST_BATCH, LARGEST_BATCH, Bounds, PostgresKeys, walk_batches
 from migrations.errors import CheckFailed
 from workers.dispatch import Dispatcher, send_window
 from workers.ledger import Ledger
 from workers.limits import Limits
+from workers.planner import FIRST_BATCH, LARGEST_BATCH, Bounds, PostgresKeys, walk_batches
 from workers.statements import Statements
 
 # While walking, chunks are recorded only where the run is one of these.
