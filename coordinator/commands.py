@@ -37,7 +37,7 @@ from workers.statements import ChunkArgs, KeyRange, Statements, pre_image_layout
 from workers.sweeper import sweep
 from workers.telemetry import launch_span
 from workers.throttle import RedisLimiter
-from workers.walk import walk_on
+from workers.walk import walk_on, walk_run
 
 SAMPLE_ROWS = 200
 
@@ -479,15 +479,7 @@ def resume(ctx: Context, run_id: int) -> dict[str, Any]:
                 "was": run.status,
             },
         )
-    recorded = 0
-    if run.walking:
-        with ctx.db.connect() as conn:
-            statements = Statements(run.spec, run_id)
-            limits = Limits.from_json(run.params.get("limits"))
-            queue = run.params.get("queue")
-            recorded = walk_on(
-                conn, ctx.ledger, ctx.dispatcher, statements, limits, queue=queue
-            ).chunks
+    recorded = walk_run(ctx.ledger, ctx.dispatcher, run).chunks if run.walking else 0
     ctx.ledger.finalize_run(run_id)
     return {"run_id": run_id, "dispatched": sent, "pending": pending, "recorded": recorded}
 

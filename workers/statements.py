@@ -130,25 +130,22 @@ class Statements:
         # without rules the statement finds what moved under it (see module doc) and the
         # range is not walked twice: the locking pass cost ~15 % of a chunk.
         self.locks_first = bool(spec.rules)
-        # pandas path without rules or filter: the COPY that reads a chunk also reads the
-        # written columns' values, which travel untouched (as COPY text) into the temp table
-        # beside the new ones, so the chunk statement takes its pre-images from there and
-        # does not join the table to itself to find them (~20 % of that statement). Exact
-        # because the read locked the rows: the version read is the version updated. With
-        # rules the candidate set is judged as read from the table; a filter is raw SQL that
-        # could name a temp table column: both keep the self-join.
-        self.stages_olds = spec.mode == "pandas" and not spec.rules and not spec.where
+        # pandas path without rules or filter: the COPY that reads a chunk takes no row locks
+        # (a lock pass writes every row of the chunk once more: ~6 ms of database CPU a
+        # 10,000-row chunk). It also reads the written columns' values and each row's version
+        # (xmin), which travel untouched (as COPY text) into the temp table beside the new
+        # values: the chunk statement takes its pre-images from there instead of joining the
+        # table to itself (~20 % of that statement), and writes only rows still at the version
+        # read. A row the application changed since has another xmin (and under the statement,
+        # its recheck sees the new one): it is skipped and returned as ``missed``, and read
+        # again, locked this time, transformed and written (workers.execution). With rules the
+        # candidate set is judged as read from the table; a filter is raw SQL that could name a
+        # temp table column: both lock in the COPY and keep the self-join.
+        self.reads_unlocked = spec.mode == "pandas" and not spec.rules and not spec.where
         # The staged old values' column names, in the order of ``writes`` (none if not staged).
         self.old_columns = (
-            [_old_name(i) for i in range(len(self.writes))] if self.stages_olds else []
+            [_old_name(i) for i in range(len(self.writes))] if self.reads_unlocked else []
         )
-        # ... and, with them, the version of each row read (its xmin): the chunk's COPY then
-        # takes no row locks (a lock pass writes every row of the chunk once more: ~6 ms of
-        # database CPU a 10,000-row chunk), and the statement writes only rows still at the
-        # version read. A row the application changed since has another xmin (and under the
-        # statement, its recheck sees the new one): it is skipped and returned as ``missed``,
-        # and read again, locked this time, transformed and written (workers.execution).
-        self.reads_unlocked = self.stages_olds
         # Columns staged as the COPY read them, never parsed nor shown to the transform.
         self.raw_columns = [*self.old_columns, *([XMIN_NAME] if self.reads_unlocked else [])]
 
@@ -307,19 +304,18 @@ class Statements:
         )
 
     def read_copy(self, r: KeyRange, *, lock: bool = False) -> sql.Composed:
-        """COPY out of the columns a pandas transform reads (then the written columns' values,
-        see ``stages_olds``), for one chunk.
+        """COPY out of the columns a pandas transform reads (then ``raw_columns``: the written
+        columns' values and the row's version, see ``reads_unlocked``), for one chunk.
 
         With ``lock`` the read takes the chunk's row locks itself (as ``lock_rows`` does, and
         in READ COMMITTED it returns the version it locked): one scan of the range, not two.
         """
         cols = [self.key, *(sql.Identifier(c) for c in self.spec.reads if c != self.spec.key)]
-        olds = [
-            sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i))
-            for i, c in enumerate(self.writes)
-            if self.stages_olds
-        ]
+        olds: list[sql.Composable] = []
         if self.reads_unlocked:
+            olds = [
+                sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)
+            ]
             olds.append(sql.SQL("t.xmin AS {x}").format(x=XMIN))
         return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}{lock}) TO STDOUT").format(
             cols=sql.SQL(", ").join([*(sql.SQL("t.{}").format(c) for c in cols), *olds]),
@@ -333,8 +329,11 @@ class Statements:
         return [self.spec.key, *(c for c in self.spec.reads if c != self.spec.key)]
 
     def create_input(self) -> sql.Composed:
-        staged = [sql.SQL(", {c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)]
-        if self.reads_unlocked:
+        staged: list[sql.Composable] = []
+        if self.reads_unlocked:  # the columns ``raw_columns`` names
+            staged = [
+                sql.SQL(", {c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)
+            ]
             staged.append(sql.SQL(", NULL::xid AS {x}").format(x=XMIN))
         olds = sql.SQL("").join(staged)
         cols = sql.SQL(", ").join([self.key, *self.writes])
@@ -376,7 +375,7 @@ class Statements:
             "r": self.in_range(args.range),
             "x_news": sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
         }
-        if self.reads_unlocked:  # the old values staged too: no self-join to find them
+        if self.reads_unlocked:  # the old values staged: no self-join to find them
             return self._apply_unlocked(args, olds, common)
         written = sql.SQL(
             """UPDATE {t} AS u SET {sets}

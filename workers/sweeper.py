@@ -22,10 +22,8 @@ from collections.abc import Callable
 
 from workers.dispatch import Dispatcher, send_window
 from workers.ledger import Ledger
-from workers.limits import Limits
 from workers.progress import ProgressStore
-from workers.statements import Statements
-from workers.walk import walk_on
+from workers.walk import walk_run
 
 log = logging.getLogger("ferry.sweeper")
 
@@ -149,17 +147,6 @@ class SweeperThread(threading.Thread):
         """Record the rest of a run's chunks (another worker may be at it too: each batch is
         recorded once, see ``workers.walk``)."""
         try:
-            run = self.ledger.get_run(run_id)
-            limits = Limits.from_json(run.params.get("limits"))
-            statements = Statements(run.spec, run_id)
-            with self.ledger.db.connect() as conn:
-                walk_on(
-                    conn,
-                    self.ledger,
-                    self.dispatcher,
-                    statements,
-                    limits,
-                    queue=run.params.get("queue"),
-                )
+            walk_run(self.ledger, self.dispatcher, self.ledger.get_run(run_id))
         except Exception as exc:  # the next sweep past the stall interval tries again
             log.warning("run %s: recording its chunks failed: %s", run_id, type(exc).__name__)

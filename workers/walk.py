@@ -29,6 +29,7 @@ from migrations.errors import CheckFailed
 from workers.dispatch import Dispatcher, send_window
 from workers.ledger import Ledger
 from workers.limits import Limits
+from workers.model import Run
 from workers.planner import FIRST_BATCH, LARGEST_BATCH, Bounds, PostgresKeys, walk_batches
 from workers.statements import Statements
 
@@ -90,6 +91,15 @@ def walk_on(
         size = min(size * 2, LARGEST_BATCH)
     ledger.finalize_run(run_id)
     return Walked(chunks, last)
+
+
+def walk_run(ledger: Ledger, dispatcher: Dispatcher, run: Run) -> Walked:
+    """``walk_on`` for a run as the ledger has it: its spec, limits and queue, on a
+    connection of its own."""
+    statements = Statements(run.spec, run.id)
+    limits = Limits.from_json(run.params.get("limits"))
+    with ledger.db.connect() as conn:
+        return walk_on(conn, ledger, dispatcher, statements, limits, queue=run.params.get("queue"))
 
 
 def _batch(

@@ -76,11 +76,18 @@ class Lost:
     expected: str  # ... and after a single UPDATE
 
 
-def _lost_launches(
-    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path, mp: pytest.MonkeyPatch
+@pytest.fixture
+def lost_launch(
+    request: pytest.FixtureRequest,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[[str], Lost]]:
-    """Runs over a new numbers table each, from a launch lost after its first batch."""
-    ctx = _context(env, mp)
+    """Runs over a new numbers table each, from a launch lost after its first batch: on the
+    test's own queue when the test starts workers of its own (``pool``: they notice a
+    stalled walk after 6 s), else on the session's workers (after 90 s)."""
+    env = request.getfixturevalue("own_env" if "pool" in request.fixturenames else "env")
+    ctx = _context(env, monkeypatch)
 
     def make(table: str) -> Lost:
         make_numbers_table(db, table, ROWS)
@@ -90,28 +97,6 @@ def _lost_launches(
 
     yield make
     ctx.close()
-
-
-@pytest.fixture
-def lost_launch(
-    db: psycopg.Connection[Any],
-    env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[str], Lost]]:
-    """On the session's workers, which notice a stalled walk only after 90 s."""
-    yield from _lost_launches(db, env, tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def lost_launch_own(
-    db: psycopg.Connection[Any],
-    own_env: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[[str], Lost]]:
-    """On the test's own queue, whose workers notice a stalled walk after 6 s."""
-    yield from _lost_launches(db, own_env, tmp_path, monkeypatch)
 
 
 def _tiles(db: psycopg.Connection[Any], run_id: int, table: str) -> None:
@@ -177,11 +162,11 @@ def test_a_worker_records_the_chunks_a_lost_launch_did_not(
     db: psycopg.Connection[Any],
     pool: WorkerPool,
     tmp_path: Path,
-    lost_launch_own: Callable[[str], Lost],
+    lost_launch: Callable[[str], Lost],
 ) -> None:
     """No ``ferry resume``: a worker's sweeper sees no batch recorded for the stall interval
     and finishes the walk itself."""
-    lost = lost_launch_own("swept_walk")
+    lost = lost_launch("swept_walk")
     pool.start("sweeping")
     assert wait_run(db, lost.run_id, timeout=120) == "completed"
     assert fingerprint(db, "swept_walk") == lost.expected
