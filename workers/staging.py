@@ -22,6 +22,7 @@ from migrations.named import build as build_named
 from migrations.named import identity as named_identity
 from migrations.spec import Transform, transform_identity
 from workers.copyio import read_copy, write_copy
+from workers.copyout import copy_out
 from workers.failures import classify
 from workers.model import RunSpec
 from workers.statements import PYRULE_NAME, KeyRange, Statements
@@ -146,13 +147,10 @@ def stage_input(
     the result into the temp table; the number of rows read."""
     spec = ctx.spec
     st = ctx.statements
-    buffer = bytearray()
     olds = st.raw_columns  # the old values (and version) read, staged as they came
     with step("ferry.read"):
-        with conn.cursor().copy(st.read_copy(key_range, lock=lock)) as copy:
-            for block in copy:
-                buffer += block
-        frame = read_copy(bytes(buffer), [*st.read_columns(), *olds], spec.column_types, olds)
+        data = copy_out(conn.cursor(), st.read_copy(key_range, lock=lock))
+        frame = read_copy(data, [*st.read_columns(), *olds], spec.column_types, olds)
         if olds:  # the transform sees what it reads, no more
             read, frame = frame[olds], frame.drop(columns=olds)
             keys_read = frame[spec.key].array.copy()
