@@ -34,8 +34,9 @@ def read_copy(
 ) -> pd.DataFrame:
     """A frame from COPY text output; integers, floats and booleans typed, the rest text.
 
-    ``raw`` columns keep their COPY text as it came, escapes and all (NULL as NA): values
-    that go back into PostgreSQL untouched through ``write_copy(..., raw=...)``.
+    ``raw`` columns keep their COPY text as it came, escapes and NULL's ``\\N`` and all, as
+    plain ``str`` objects: values that go back into PostgreSQL untouched through
+    ``write_copy(..., raw=...)``.
     """
     if not data:
         return pd.DataFrame({c: pd.Series([], dtype=_empty_dtype(types.get(c))) for c in columns})
@@ -45,14 +46,17 @@ def read_copy(
     # frame down the column-by-column path, which says what is wrong with it.
     parsed = {c: "Int64" if k in _INTS else "float64" for c, k in kinds.items() if k in _NUMBERS}
     try:
-        frame = _read_text(data, columns, parsed)
+        frame = _read_text(data, columns, parsed, raw)
     except (ValueError, OverflowError):
-        frame, parsed = _read_text(data, columns, {}), {}
+        frame, parsed = _read_text(data, columns, {}, raw), {}
+    # Every backslash of the common chunk starts a NULL (``\\N``): then no value holds an
+    # escape, and no column needs scanning for one.
+    escaped = data.count(b"\\") != data.count(b"\\N")
     for col in columns:
         if col in parsed or col in raw:
             continue
         series = frame[col]
-        if series.str.contains("\\", regex=False).any():
+        if escaped and series.str.contains("\\", regex=False).any():
             series = series.str.replace(_ESCAPE_RE, lambda m: _UNESCAPE.get(m[1], m[1]), regex=True)
         kind = kinds[col]
         if kind in _INTS:
@@ -65,15 +69,17 @@ def read_copy(
     return frame
 
 
-def _read_text(data: bytes, columns: Sequence[str], parsed: Mapping[str, str]) -> pd.DataFrame:
+def _read_text(
+    data: bytes, columns: Sequence[str], parsed: Mapping[str, str], raw: Collection[str]
+) -> pd.DataFrame:
     return pd.read_csv(
         io.BytesIO(data),
         sep="\t",
         header=None,
         names=list(columns),
-        dtype={c: parsed.get(c, str) for c in columns},
+        dtype={c: object if c in raw else parsed.get(c, str) for c in columns},
         quoting=csv.QUOTE_NONE,
-        na_values=[NULL],
+        na_values={c: [NULL] for c in columns if c not in raw},
         keep_default_na=False,
         engine="c",
     )
@@ -107,8 +113,11 @@ def write_copy(
     """
     if frame.empty:
         return b""
-    plain = {c for c, t in (types or {}).items() if base_type(t) in _PLAIN} | set(raw)
-    texts = [_column_text(frame[c], escape=c not in plain) for c in columns]
+    plain = {c for c, t in (types or {}).items() if base_type(t) in _PLAIN}
+    texts = [
+        frame[c].tolist() if c in raw else _column_text(frame[c], escape=c not in plain)
+        for c in columns
+    ]
     return ("\n".join(map("\t".join, zip(*texts, strict=True))) + "\n").encode()
 
 
