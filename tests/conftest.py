@@ -34,24 +34,26 @@ SESSION_CLAIM = "ferry-test:session"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _machine_share(request: pytest.FixtureRequest) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Parallel workers of one ``pytest -n`` run share the machine; a test marked ``alone``
     has it to itself.
 
     Those are the tests that restart the shared Redis or time a lease to the second: beside
     another worker's test they would break it or be broken by it. Every other test takes a
     shared flock, these an exclusive one; nothing is taken when the run is not parallel.
+    Taken around the test's whole protocol, not in a fixture: the module and session fixtures
+    a test sets up first (a module's whole run of ``ferry``, the session's workers) run
+    before any function fixture, and once met a Redis restarted under them.
     """
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run is None:
-        yield
-        return
-    alone = request.node.get_closest_marker("alone") is not None
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
     with open(Path(tempfile.gettempdir()) / f"ferry-test-{run}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         try:
-            yield
+            return (yield)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
