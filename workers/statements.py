@@ -311,14 +311,10 @@ class Statements:
         in READ COMMITTED it returns the version it locked): one scan of the range, not two.
         """
         cols = [self.key, *(sql.Identifier(c) for c in self.spec.reads if c != self.spec.key)]
-        olds: list[sql.Composable] = []
-        if self.reads_unlocked:
-            olds = [
-                sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)
-            ]
-            olds.append(sql.SQL("t.xmin AS {x}").format(x=XMIN))
         return sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {r}{lock}) TO STDOUT").format(
-            cols=sql.SQL(", ").join([*(sql.SQL("t.{}").format(c) for c in cols), *olds]),
+            cols=sql.SQL(", ").join(
+                [*(sql.SQL("t.{}").format(c) for c in cols), *self._raw_selects()]
+            ),
             t=self.table,
             r=self.in_range(r),
             lock=sql.SQL(" FOR NO KEY UPDATE OF t" if lock else ""),
@@ -328,19 +324,20 @@ class Statements:
         """What ``read_copy`` returns, in order: the columns the transform reads."""
         return [self.spec.key, *(c for c in self.spec.reads if c != self.spec.key)]
 
+    def _raw_selects(self) -> list[sql.Composable]:
+        """The select list of ``raw_columns`` over the table as ``t``: read by the chunk's
+        COPY, and typed by it in the temp table."""
+        if not self.reads_unlocked:
+            return []
+        olds = [sql.SQL("t.{c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)]
+        return [*olds, sql.SQL("t.xmin AS {x}").format(x=XMIN)]
+
     def create_input(self) -> sql.Composed:
-        staged: list[sql.Composable] = []
-        if self.reads_unlocked:  # the columns ``raw_columns`` names
-            staged = [
-                sql.SQL(", {c} AS {o}").format(c=c, o=_old(i)) for i, c in enumerate(self.writes)
-            ]
-            staged.append(sql.SQL(", NULL::xid AS {x}").format(x=XMIN))
-        olds = sql.SQL("").join(staged)
-        cols = sql.SQL(", ").join([self.key, *self.writes])
+        cols = sql.SQL(", ").join([self.key, *self.writes, *self._raw_selects()])
         return sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {i} ON COMMIT DELETE ROWS AS "
-            "SELECT {cols}{olds}, NULL::integer AS {p} FROM {t} WITH NO DATA"
-        ).format(i=self.input, cols=cols, olds=olds, t=self.table, p=PYRULE)
+            "SELECT {cols}, NULL::integer AS {p} FROM {t} AS t WITH NO DATA"
+        ).format(i=self.input, cols=cols, t=self.table, p=PYRULE)
 
     def write_copy(self, *, judged: bool = True) -> sql.Composed:
         """COPY into the temp table; ``judged``: with the first failing Python rule per row."""

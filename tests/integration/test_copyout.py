@@ -11,6 +11,7 @@ import pytest
 from psycopg import pq, sql
 from psycopg.abc import Query
 
+from migrations.errors import TransientChunkError
 from workers.copyout import copy_out
 from workers.failures import classify
 
@@ -74,5 +75,5 @@ def test_a_lock_wait_timed_out_mid_stream_is_worth_a_retry(
         )
         with pytest.raises(psycopg.errors.LockNotAvailable) as caught:
             copy_out(conn.cursor(), statement)
-        assert type(classify(caught.value)).__name__ == "TransientChunkError"
+        assert isinstance(classify(caught.value), TransientChunkError)
         conn.rollback()
