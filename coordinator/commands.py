@@ -384,7 +384,8 @@ def _preflight(
 
     Type errors, bad expressions, constraint violations, rule SQL, reference
     rules and transform bugs show up here, on real rows, before any chunk
-    exists: the plan's pre-migration validation. Failures are exit 1.
+    exists: the plan's pre-migration validation. Failures are exit 1; values Ferry
+    could not convert (``ValueConversionError``) are exit 2, named by class, never shown.
     """
     bounds = next(plan_bounds(PostgresKeys(conn, statements), SAMPLE_ROWS), None)
     if bounds is None:
@@ -406,6 +407,11 @@ def _preflight(
     except psycopg.Error as exc:
         raise CheckFailed(f"{what}: {describe(exc)}") from None
     except FerryError as exc:
+        if spec.mode == "pandas":
+            from workers.staging import ValueConversionError
+
+            if isinstance(exc, ValueConversionError):  # values Ferry could not convert
+                raise BadInput(f"{what}: {exc}") from None
         raise CheckFailed(f"{what}: {exc}") from None
     assert counts is not None
     if counts["rows_failed"]:

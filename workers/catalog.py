@@ -207,3 +207,45 @@ def has_lz4(conn: psycopg.Connection[Any]) -> bool:
         "WHERE name = 'default_toast_compression'"
     ).fetchone()
     return bool(row and row["lz4"])
+
+
+# Types whose equality is identity: two values equal exactly when they are the same value, so
+# comparing them typed is comparing them exactly (and costs no text conversion).
+_IDENTITY_EQUALITY = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "boolean",
+        "uuid",
+        "date",
+        "bytea",
+        "timestamp without time zone",
+        "timestamp with time zone",
+    }
+)
+_STRINGS = frozenset({"text", "character varying", "character"})
+
+
+def exact_form(value: sql.Composable, type_text: str) -> sql.Composable:
+    """``value`` (of type ``type_text``) in a form whose equality is identity.
+
+    ``IS DISTINCT FROM`` on typed values says 0 = -0 (float), 1.0 = 1.00 (numeric),
+    '1 day' = '24 hours' (interval), 'A' = 'a' (citext, nondeterministic collations), and
+    json has no equality at all. Compared as their PostgreSQL text in the "C" collation
+    (byte for byte), two values are equal only when they are the same value, which is
+    what "the transform returned it unchanged" means. Types whose typed equality already is
+    identity are compared typed, and strings typed in "C": no conversion for the common
+    columns.
+    """
+    kind = base_type(type_text)
+    if kind in _IDENTITY_EQUALITY:
+        return value
+    if kind in _STRINGS:
+        return sql.SQL('{} COLLATE "C"').format(value)
+    return sql.SQL('({})::text COLLATE "C"').format(value)
+
+
+def length_limited(type_text: str) -> bool:
+    """``varchar(n)`` or ``char(n)``: an explicit cast truncates where assignment refuses."""
+    return base_type(type_text) in _STRINGS and "(" in type_text

@@ -31,6 +31,18 @@ from workers.telemetry import step
 Check = Callable[[pd.DataFrame], pd.Series]
 
 
+class ValueConversionError(PermanentChunkError):
+    """A chunk's values could not be turned into a frame or back into COPY text.
+
+    A bug or a value Ferry does not handle, not a bad row the user can fix by a rule; never
+    retried, and its message names the error class only: the value may be PHI. The
+    pre-flight reports it as bad input (exit 2).
+    """
+
+
+_CONVERSION = (ValueError, TypeError, ArithmeticError, UnicodeError)
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a worker needs for every chunk of a run, built once per process."""
@@ -150,7 +162,12 @@ def stage_input(
     olds = st.raw_columns  # the old values (and version) read, staged as they came
     with step("ferry.read"):
         data = copy_out(conn.cursor(), st.read_copy(key_range, lock=lock))
-        frame = read_copy(data, [*st.read_columns(), *olds], spec.column_types, olds)
+        try:
+            frame = read_copy(data, [*st.read_columns(), *olds], spec.column_types, olds)
+        except _CONVERSION as exc:
+            raise ValueConversionError(
+                f"could not read the chunk's values ({type(exc).__name__})"
+            ) from None
         if olds:  # the transform sees what it reads, no more
             read, frame = frame[olds], frame.drop(columns=olds)
             keys_read = frame[spec.key].array.copy()
@@ -169,8 +186,14 @@ def stage_input(
         # PgBouncer the next transaction may be on a server session without the table.
         conn.execute(st.create_input())
         types = {**spec.column_types, PYRULE_NAME: "integer"}
+        try:
+            staged = write_copy(out, columns, types, olds)
+        except _CONVERSION as exc:
+            raise ValueConversionError(
+                f"could not write the transform's values ({type(exc).__name__})"
+            ) from None
         with conn.cursor().copy(st.write_copy(judged=bool(ctx.checks))) as copy:
-            copy.write(write_copy(out, columns, types, olds))
+            copy.write(staged)
     return len(frame)
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrations.spec import ValidationRule
-from workers.catalog import type_sql
+from workers.catalog import exact_form, length_limited, type_sql
 from workers.encryption import key_expr, run_fingerprint, seal, seal_text, unseal
 from workers.model import RunSpec
 from workers.rules import fixed_value, passes
@@ -368,18 +368,18 @@ class Statements:
             "t": self.table,
             "i": self.input,
             "k": self.key,
-            "sets": sql.SQL(", ").join(sql.SQL("{c} = x.{c}").format(c=c) for c in self.writes),
             "r": self.in_range(args.range),
-            "x_news": sql.SQL(", ").join(sql.SQL("x.{}").format(c) for c in self.writes),
         }
+        x_news: list[sql.Composable] = [sql.SQL("x.{}").format(c) for c in self.writes]
         if self.reads_unlocked:  # the old values staged: no self-join to find them
-            return self._apply_unlocked(args, olds, common)
+            return self._apply_unlocked(args, olds, x_news, common)
+        c_olds: list[sql.Composable] = [sql.SQL("c.{}").format(o) for o in olds]
         written = sql.SQL(
             """UPDATE {t} AS u SET {sets}
     FROM (SELECT t.tableoid AS {toid}, t.ctid AS {tid}, t.{k} AS {k}, {olds_as}
             FROM {t} AS t WHERE {r}) AS c
     JOIN {i} AS x ON x.{k} = c.{k}
-   WHERE u.ctid = c.{tid} AND u.tableoid = c.{toid} AND ({c_olds}) IS DISTINCT FROM ({x_news})
+   WHERE u.ctid = c.{tid} AND u.tableoid = c.{toid} AND {differ}
   RETURNING c.{k} AS {k}, {c_olds_as}"""
         ).format(
             tid=TID,
@@ -388,7 +388,8 @@ class Statements:
                 sql.SQL("t.{c} AS {o}").format(c=c, o=o)
                 for c, o in zip(self.writes, olds, strict=True)
             ),
-            c_olds=sql.SQL(", ").join(sql.SQL("c.{}").format(o) for o in olds),
+            differ=self._differ(c_olds, x_news),
+            sets=self._sets("u", c_olds, x_news),
             c_olds_as=sql.SQL(", ").join(sql.SQL("c.{o} AS {o}").format(o=o) for o in olds),
             **common,
         )
@@ -406,12 +407,14 @@ SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count}
         )
 
     def _apply_unlocked(
-        self, args: ChunkArgs, olds: list[sql.Identifier], common: dict[str, sql.Composable]
+        self,
+        args: ChunkArgs,
+        olds: list[sql.Identifier],
+        x_news: list[sql.Composable],
+        common: dict[str, sql.Composable],
     ) -> sql.Composed:
-        differ = sql.SQL("({x_olds}) IS DISTINCT FROM ({x_news})").format(
-            x_olds=sql.SQL(", ").join(sql.SQL("x.{}").format(o) for o in olds),
-            x_news=common["x_news"],
-        )
+        x_olds: list[sql.Composable] = [sql.SQL("x.{}").format(o) for o in olds]
+        differ = self._differ(x_olds, x_news)
         return sql.SQL(
             """WITH written AS (
   UPDATE {t} AS t SET {sets} FROM {i} AS x
@@ -430,10 +433,66 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
         ).format(
             xmin=XMIN,
             differ=differ,
+            sets=self._sets("t", x_olds, x_news),
             x_olds_as=sql.SQL(", ").join(sql.SQL("x.{o} AS {o}").format(o=o) for o in olds),
             read=sql.Literal(int(args.rows_read or 0)),
             **common,
             **self._save(args.chunk_no),
+        )
+
+    # -- exactly unchanged -----------------------------------------------------------------
+    def _new_form(self, name: str, new: sql.Composable, *, cast: bool) -> sql.Composable:
+        """A new value in the form its column's old value is compared in (``exact_form``).
+
+        ``cast``: the new value is an SQL expression of its own type, cast here to the
+        column's (what the UPDATE stores); a length-limited string is compared uncast, as an
+        explicit cast would truncate a value the UPDATE's assignment refuses."""
+        type_text = self.spec.column_types[name]
+        if cast and length_limited(type_text):
+            return new
+        if cast:
+            new = sql.SQL("CAST({} AS {})").format(new, type_sql(type_text))
+        return exact_form(new, type_text)
+
+    def _differ(
+        self, olds: list[sql.Composable], news: list[sql.Composable], *, cast: bool = False
+    ) -> sql.Composable:
+        """Whether a row's new values differ from its old ones, exactly (``exact_form``)."""
+        names = self.spec.writes
+        return sql.SQL("({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(
+                exact_form(o, self.spec.column_types[n]) for o, n in zip(olds, names, strict=True)
+            ),
+            sql.SQL(", ").join(
+                self._new_form(n, v, cast=cast) for v, n in zip(news, names, strict=True)
+            ),
+        )
+
+    def _sets(
+        self,
+        current: str,
+        olds: list[sql.Composable],
+        news: list[sql.Composable],
+        *,
+        cast: bool = False,
+    ) -> sql.Composable:
+        """The UPDATE's SET list. With several written columns, one the transform left exactly
+        as it was keeps the table's own value (``current`` is the table's alias): the row is
+        written for its other columns, that column is not."""
+        cur = sql.Identifier(current)
+        if len(self.writes) == 1:
+            return sql.SQL("{c} = {v}").format(c=self.writes[0], v=news[0])
+        return sql.SQL(", ").join(
+            sql.SQL(
+                "{c} = CASE WHEN {o} IS NOT DISTINCT FROM {n} THEN {cur}.{c} ELSE {v} END"
+            ).format(
+                c=c,
+                o=exact_form(o, self.spec.column_types[name]),
+                n=self._new_form(name, v, cast=cast),
+                cur=cur,
+                v=v,
+            )
+            for c, name, o, v in zip(self.writes, self.spec.writes, olds, news, strict=True)
         )
 
     def clear_input(self) -> sql.Composed:
@@ -480,10 +539,9 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
         )
 
     def _apply(self, candidates: sql.Composable, args: ChunkArgs) -> sql.Composed:
-        olds = sql.SQL(", ").join(_old(i) for i in range(len(self.writes)))
-        news = sql.SQL(", ").join(self.writes)
+        sql_mode = self.spec.mode == "sql"
         tail = sql.SQL(
-            """changed AS (SELECT * FROM {source} WHERE {keep} ({olds}) IS DISTINCT FROM ({news})),
+            """changed AS (SELECT * FROM {source} WHERE {keep} {differ}),
 counted AS (SELECT count(*) AS n FROM changed),
 written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
@@ -498,17 +556,22 @@ SELECT {rows_read} AS rows_read,
        END AS missed,"""
         )
         parts = {
-            "olds": olds,
             "changed_olds": sql.SQL(", ").join(
                 sql.SQL("changed.{o} AS {o}").format(o=_old(i)) for i in range(len(self.writes))
             ),
-            "news": news,
             "k": self.key,
             "t": self.table,
             "tid": TID,
             "toid": TOID,
-            "sets": sql.SQL(", ").join(
-                sql.SQL("{c} = changed.{c}").format(c=c) for c in self.writes
+            # SQL path: the expressions' values, cast to their columns' types to be compared.
+            "differ": self._differ(
+                [_old(i) for i in range(len(self.writes))], list(self.writes), cast=sql_mode
+            ),
+            "sets": self._sets(
+                "t",
+                [sql.SQL("changed.{}").format(_old(i)) for i in range(len(self.writes))],
+                [sql.SQL("changed.{}").format(c) for c in self.writes],
+                cast=sql_mode,
             ),
             "chunk_no": sql.Literal(int(args.chunk_no)),
             # pandas path: what the COPY read (the staged rows may be fewer), as without rules
