@@ -187,20 +187,26 @@ def _copy_v_to_w(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _context(
-    conn: psycopg.Connection[Any], table: str, *, where: str | None, rules: bool
+    conn: psycopg.Connection[Any],
+    table: str,
+    *,
+    where: str | None = None,
+    rules: bool = False,
+    transform: Callable[[pd.DataFrame], pd.DataFrame] = _copy_v_to_w,
+    writes: tuple[str, ...] = ("v", "w"),
 ) -> RunContext:
     info = describe_table(conn, _qualified(table))
     rule = (ValidationRule(field="v", type="custom", condition="TRUE", action="skip"),)
     spec = RunSpec(
         reference="tests:exact", schema="public", table=table, key="id",
-        key_type=info.columns["id"], reads=("v",), writes=("v", "w"),
+        key_type=info.columns["id"], reads=("v",), writes=writes,
         column_types=info.columns, mode="pandas", sql=None, transform=None,
         rules=rule if rules else (), chunk_size=1000, where=where,
     )
     run_id = next(_run_ids)
     statements = Statements(spec, run_id)
     conn.execute(statements.create_backup())
-    return RunContext(run_id, spec, statements, _copy_v_to_w)
+    return RunContext(run_id, spec, statements, transform)
 
 
 def _qualified(table: str) -> Any:
@@ -276,3 +282,81 @@ def test_every_type_round_trips_exactly(
         _check_family(conn, family, values, path)
 
     check()
+
+
+# (type, value held, value the transform returns, its text once cast): equal as typed values,
+# so a typed comparison would leave them unwritten, but not the same value.
+EQUAL_NOT_SAME = [
+    ("double precision", "0", -0.0, "-0"),
+    ("numeric", "1.0", Decimal("1.00"), "1.00"),
+    ("numeric", "NaN", Decimal("NaN"), None),
+    ("interval", "1 day", "24:00:00", "24:00:00"),
+    ("citext", "Abc", "abc", "abc"),
+    ("jsonb", '{"a": 1.0}', '{"a": 1}', '{"a": 1}'),
+    ("json", '{"a":1}', '{"a": 1}', '{"a": 1}'),
+    ("json", '{"a":1,"a":2}', '{"a":1,"a":2}', None),
+    ("numeric", "1.5", 1.5, None),  # a float that casts to the very value held
+    ("real", "0.1", 0.1, None),  # the double nearest 0.1 cast to real is real's 0.1
+    ("character(4)", "ab", "ab  ", None),
+]
+
+
+@pytest.mark.parametrize(("type_sql", "held", "returned", "written"), EQUAL_NOT_SAME)
+@pytest.mark.parametrize("path", ["unlocked", "locked", "rules"])
+def test_written_exactly_when_not_the_same_value(
+    conn: psycopg.Connection[Any],
+    type_sql: str,
+    held: str,
+    returned: Any,
+    written: str | None,
+    path: str,
+) -> None:
+    """A column is written when the transform's value, cast by PostgreSQL, is not the same
+    value as the one held (-0 for 0, a numeric's scale, '24:00:00' for '1 day'), and not
+    written when it is (whatever Python type it came back as); ``None``: not written."""
+    table = "ex_same"
+    conn.execute("DROP TABLE IF EXISTS ex_same")
+    conn.execute(
+        sql.SQL("CREATE TABLE ex_same (id integer PRIMARY KEY, v {t}, other text)").format(
+            t=sql.SQL(type_sql)
+        )
+    )
+    conn.execute("INSERT INTO ex_same VALUES (1, %s, 'x'), (2, NULL, NULL)", (held,))
+    ctx = _context(
+        conn, table, where="TRUE" if path == "locked" else None, rules=path == "rules",
+        transform=lambda df: df.assign(v=pd.Series([returned, None], dtype=object)),
+        writes=("v",),
+    )
+    before = _state_v(conn)
+    counts = _run_chunk(conn, ctx, 2)
+    after = _state_v(conn)
+    if written is None:
+        assert after == before and counts["rows_written"] == 0
+    else:
+        assert after[0][1] == written and after[0][2] != before[0][2]
+        assert after[1] == before[1] and counts["rows_written"] == 1
+    conn.execute(sql.SQL("DROP TABLE ex_same, {}").format(ctx.statements.backup))
+
+
+def _state_v(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    rows = conn.execute("SELECT id, v::text AS v, xmin::text AS x FROM ex_same ORDER BY id")
+    return [(r["id"], r["v"], r["x"]) for r in rows.fetchall()]
+
+
+def test_one_column_unchanged_is_not_written_beside_one_that_changed(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Of two written columns, the one the transform returned unchanged keeps the table's own
+    value (its scale, its NaN) while the other is written, and a row where neither changed is
+    not written at all."""
+    conn.execute("DROP TABLE IF EXISTS ex_two")
+    conn.execute("CREATE TABLE ex_two (id integer PRIMARY KEY, v numeric, w numeric)")
+    conn.execute("INSERT INTO ex_two VALUES (1, 1.50, 1), (2, 'NaN', 2)")
+    ctx = _context(
+        conn, "ex_two", transform=lambda df: df.assign(w=pd.Series([Decimal(7), Decimal(2)])),
+    )
+    counts = _run_chunk(conn, ctx, 2)
+    rows = conn.execute("SELECT v::text AS v, w::text AS w FROM ex_two ORDER BY id").fetchall()
+    assert [(r["v"], r["w"]) for r in rows] == [("1.50", "7"), ("NaN", "2")]
+    assert counts["rows_written"] == 1
+    conn.execute(sql.SQL("DROP TABLE ex_two, {}").format(ctx.statements.backup))
