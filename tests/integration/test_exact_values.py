@@ -26,6 +26,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from migrations.spec import ValidationRule
+from tests.conftest import WorkerPool, ferry
+from tests.helpers import launch, spec_file, wait_run
 from workers.catalog import describe_table
 from workers.model import RunSpec
 from workers.staging import RunContext, stage_input
@@ -49,8 +51,19 @@ def _float8(x: float) -> str:
 
 def _numeric() -> st.SearchStrategy[str]:
     edges = st.sampled_from(
-        ["NaN", "Infinity", "-Infinity", "0", "-0", "0.000", "1.50", "1" + "0" * 999,
-         "0." + "0" * 500 + "1", "-" + "9" * 1000, "12345678901234567.123456789012345"]
+        [
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "0",
+            "-0",
+            "0.000",
+            "1.50",
+            "1" + "0" * 999,
+            "0." + "0" * 500 + "1",
+            "-" + "9" * 1000,
+            "12345678901234567.123456789012345",
+        ]
     )
     decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None).map(
         lambda d: format(d, "f")
@@ -63,18 +76,30 @@ def _scaled(text: str) -> str:
 
 
 def _json_text(unique: bool) -> st.SearchStrategy[str]:
-    scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(
-        allow_nan=False, allow_infinity=False
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text(max_size=8)
+        | st.floats(allow_nan=False, allow_infinity=False)
     )
     values = st.recursive(
         scalars,
-        lambda inner: st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        ),
         max_leaves=6,
     )
     edges = st.sampled_from(
-        ['{"b": 1, "a": 2}', '{"a":1,"a":2}', '{ "x" :  [1 , 2.50, 1e3] }', '"\\u00e9\\\\"',
-         "[]", "null", '{"k": "tab\\t"}']
+        [
+            '{"b": 1, "a": 2}',
+            '{"a":1,"a":2}',
+            '{ "x" :  [1 , 2.50, 1e3] }',
+            '"\\u00e9\\\\"',
+            "[]",
+            "null",
+            '{"k": "tab\\t"}',
+        ]
     )
     return edges | values.map(lambda v: json.dumps(v, ensure_ascii=unique))
 
@@ -84,20 +109,34 @@ def _array() -> st.SearchStrategy[str]:
     flat = st.lists(element, max_size=5).map(
         lambda xs: "{" + ",".join("NULL" if x is None else str(x) for x in xs) + "}"
     )
-    square = st.integers(1, 3).flatmap(
-        lambda n: st.lists(st.lists(element, min_size=n, max_size=n), min_size=1, max_size=3)
-    ).map(
-        lambda rows: "{"
-        + ",".join("{" + ",".join("NULL" if x is None else str(x) for x in r) + "}" for r in rows)
-        + "}"
+    square = (
+        st.integers(1, 3)
+        .flatmap(
+            lambda n: st.lists(st.lists(element, min_size=n, max_size=n), min_size=1, max_size=3)
+        )
+        .map(
+            lambda rows: (
+                "{"
+                + ",".join(
+                    "{" + ",".join("NULL" if x is None else str(x) for x in r) + "}" for r in rows
+                )
+                + "}"
+            )
+        )
     )
     return flat | square
 
 
 def _timestamp(tz: bool) -> st.SearchStrategy[str]:
     edges = st.sampled_from(
-        ["infinity", "-infinity", "4713-01-01 00:00:00 BC", "0001-12-31 23:59:59.999999 BC",
-         "2024-02-29 12:34:56.000001", "294276-12-31 23:59:59.999999"]
+        [
+            "infinity",
+            "-infinity",
+            "4713-01-01 00:00:00 BC",
+            "0001-12-31 23:59:59.999999 BC",
+            "2024-02-29 12:34:56.000001",
+            "294276-12-31 23:59:59.999999",
+        ]
     )
     times = st.datetimes().map(lambda d: d.isoformat(sep=" "))
     if tz:
@@ -107,8 +146,10 @@ def _timestamp(tz: bool) -> st.SearchStrategy[str]:
 
 def _interval() -> st.SearchStrategy[str]:
     parts = st.tuples(
-        st.integers(-1000, 1000), st.integers(-100, 100), st.integers(-10**6, 10**6),
-        st.integers(-10**9, 10**9),
+        st.integers(-1000, 1000),
+        st.integers(-100, 100),
+        st.integers(-(10**6), 10**6),
+        st.integers(-(10**9), 10**9),
     ).map(lambda p: f"{p[0]} mons {p[1]} days {p[2]} hours {p[3]} microseconds")
     return parts | st.sampled_from(["1 day", "24 hours", "-1 days +23:59:59.999999", "0"])
 
@@ -121,15 +162,21 @@ def _money() -> st.SearchStrategy[str]:
 
 FAMILIES: dict[str, tuple[str, st.SearchStrategy[str]]] = {
     "numeric": ("numeric", _numeric()),
-    "numeric_38_15": ("numeric(38,15)", st.decimals(
-        min_value=-(10**22), max_value=10**22, places=15, allow_nan=False
-    ).map(lambda d: format(d, "f")) | st.sampled_from(
-        ["12345678901234567.123456789012345", "NaN", "-0.000000000000001"]
-    ).map(_scaled)),
+    "numeric_38_15": (
+        "numeric(38,15)",
+        st.decimals(min_value=-(10**22), max_value=10**22, places=15, allow_nan=False).map(
+            lambda d: format(d, "f")
+        )
+        | st.sampled_from(["12345678901234567.123456789012345", "NaN", "-0.000000000000001"]).map(
+            _scaled
+        ),
+    ),
     "float8": ("double precision", st.floats().map(_float8) | st.sampled_from(["-0", "NaN"])),
-    "float4": ("real", st.floats(width=32).map(_float8) | st.sampled_from(
-        ["-0", "1e-45", "3.4028235e+38", "0.1", "16777217"]
-    )),
+    "float4": (
+        "real",
+        st.floats(width=32).map(_float8)
+        | st.sampled_from(["-0", "1e-45", "3.4028235e+38", "0.1", "16777217"]),
+    ),
     "int2": ("smallint", st.integers(-(2**15), 2**15 - 1).map(str)),
     "int4": ("integer", st.integers(-(2**31), 2**31 - 1).map(str)),
     "int8": ("bigint", st.integers(-(2**63), 2**63 - 1).map(str)),
@@ -138,33 +185,49 @@ FAMILIES: dict[str, tuple[str, st.SearchStrategy[str]]] = {
     "varchar": ("character varying(12)", TEXT.map(lambda s: s[:12])),
     "char": ("character(5)", TEXT.map(lambda s: s[:5])),
     "bytea": ("bytea", st.binary(max_size=40).map(lambda b: "\\x" + b.hex())),
-    "date": ("date", st.dates().map(str) | st.sampled_from(
-        ["infinity", "-infinity", "4713-01-01 BC", "5874897-12-31"]
-    )),
+    "date": (
+        "date",
+        st.dates().map(str)
+        | st.sampled_from(["infinity", "-infinity", "4713-01-01 BC", "5874897-12-31"]),
+    ),
     "timestamp": ("timestamp(6) without time zone", _timestamp(False)),
     "timestamptz": ("timestamp with time zone", _timestamp(True)),
     "time": ("time without time zone", st.times().map(str) | st.just("24:00:00")),
-    "timetz": ("time with time zone", st.times().map(lambda t: f"{t}+05:30")
-               | st.just("23:59:59.999999-15:59")),
+    "timetz": (
+        "time with time zone",
+        st.times().map(lambda t: f"{t}+05:30") | st.just("23:59:59.999999-15:59"),
+    ),
     "interval": ("interval", _interval()),
     "uuid": ("uuid", st.uuids().map(str)),
     "json": ("json", _json_text(False)),
     "jsonb": ("jsonb", _json_text(True)),
     "int_array": ("integer[]", _array()),
-    "text_array": ("text[]", st.lists(st.none() | TEXT, max_size=4).map(
-        lambda xs: "{" + ",".join(
-            "NULL" if x is None else '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            for x in xs
-        ) + "}"
-    )),
+    "text_array": (
+        "text[]",
+        st.lists(st.none() | TEXT, max_size=4).map(
+            lambda xs: (
+                "{"
+                + ",".join(
+                    "NULL" if x is None else '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                    for x in xs
+                )
+                + "}"
+            )
+        ),
+    ),
     "enum": ("ex_mood", st.sampled_from(["sad", "ok", "happy", "ünï \\ \t"])),
-    "domain": ("ex_positive", st.decimals(min_value=Decimal("0.001"), allow_nan=False,
-                                          allow_infinity=False, places=3).map(str)),
+    "domain": (
+        "ex_positive",
+        st.decimals(
+            min_value=Decimal("0.001"), allow_nan=False, allow_infinity=False, places=3
+        ).map(str),
+    ),
     "inet": ("inet", st.ip_addresses().map(str) | st.just("192.168.0.1/24")),
     "cidr": ("cidr", st.sampled_from(["10.0.0.0/8", "2001:db8::/32", "192.168.1.0/24"])),
-    "macaddr": ("macaddr", st.binary(min_size=6, max_size=6).map(
-        lambda b: ":".join(f"{x:02x}" for x in b)
-    )),
+    "macaddr": (
+        "macaddr",
+        st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b)),
+    ),
     "money": ("money", _money()),
     "citext": ("citext", TEXT),
 }
@@ -175,10 +238,14 @@ def conn(database_url: str, ledger_ready: None) -> Iterator[psycopg.Connection[A
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as c:  # type: ignore[arg-type]
         c.execute("SET DateStyle = ISO; SET TimeZone = 'UTC'; SET lc_monetary = 'C'")
         c.execute("CREATE EXTENSION IF NOT EXISTS citext")
-        c.execute("DO $$ BEGIN CREATE TYPE ex_mood AS ENUM ('sad', 'ok', 'happy', 'ünï \\ \t'); "
-                  "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-        c.execute("DO $$ BEGIN CREATE DOMAIN ex_positive AS numeric CHECK (VALUE > 0); "
-                  "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.execute(
+            "DO $$ BEGIN CREATE TYPE ex_mood AS ENUM ('sad', 'ok', 'happy', 'ünï \\ \t'); "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        c.execute(
+            "DO $$ BEGIN CREATE DOMAIN ex_positive AS numeric CHECK (VALUE > 0); "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
         yield c
 
 
@@ -198,10 +265,20 @@ def _context(
     info = describe_table(conn, _qualified(table))
     rule = (ValidationRule(field="v", type="custom", condition="TRUE", action="skip"),)
     spec = RunSpec(
-        reference="tests:exact", schema="public", table=table, key="id",
-        key_type=info.columns["id"], reads=("v",), writes=writes,
-        column_types=info.columns, mode="pandas", sql=None, transform=None,
-        rules=rule if rules else (), chunk_size=1000, where=where,
+        reference="tests:exact",
+        schema="public",
+        table=table,
+        key="id",
+        key_type=info.columns["id"],
+        reads=("v",),
+        writes=writes,
+        column_types=info.columns,
+        mode="pandas",
+        sql=None,
+        transform=None,
+        rules=rule if rules else (),
+        chunk_size=1000,
+        where=where,
     )
     run_id = next(_run_ids)
     statements = Statements(spec, run_id)
@@ -219,8 +296,9 @@ def _run_chunk(conn: psycopg.Connection[Any], ctx: RunContext, hi: int) -> dict[
     key_range = KeyRange(None, str(hi))
     with conn.transaction():
         read = stage_input(conn, ctx, key_range, lock=not ctx.statements.reads_unlocked)
-        args = ChunkArgs(run_id=ctx.run_id, chunk_no=0, range=key_range, mask_key="k",
-                         rows_read=read)
+        args = ChunkArgs(
+            run_id=ctx.run_id, chunk_no=0, range=key_range, mask_key="k", rows_read=read
+        )
         counts = conn.execute(ctx.statements.apply(args)).fetchone()
     assert counts is not None
     return dict(counts)
@@ -228,8 +306,9 @@ def _run_chunk(conn: psycopg.Connection[Any], ctx: RunContext, hi: int) -> dict[
 
 def _state(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
     rows = conn.execute(
-        sql.SQL("SELECT id, v::text AS v, w::text AS w, xmin::text AS x FROM {} ORDER BY id")
-        .format(sql.Identifier(table))
+        sql.SQL(
+            "SELECT id, v::text AS v, w::text AS w, xmin::text AS x FROM {} ORDER BY id"
+        ).format(sql.Identifier(table))
     ).fetchall()
     return [(r["id"], r["v"], r["w"], r["x"]) for r in rows]
 
@@ -250,8 +329,7 @@ def _check_family(
     ) as copy:
         for i, value in enumerate(values, start=1):
             copy.write_row((i, value))
-    ctx = _context(conn, table, where="TRUE" if path == "locked" else None,
-                   rules=path == "rules")
+    ctx = _context(conn, table, where="TRUE" if path == "locked" else None, rules=path == "rules")
     before = _state(conn, table)
     counts = _run_chunk(conn, ctx, len(values) + 1)
     after = _state(conn, table)
@@ -261,9 +339,7 @@ def _check_family(
         # a row whose v is NULL copies NULL over NULL: nothing changed, nothing written
         assert (x1 == x0) == (v0 is None), f"row {i}: written or not written wrongly"
     assert counts["rows_written"] == sum(v is not None for _, v, _, _ in before)
-    conn.execute(sql.SQL("DROP TABLE {}, {}").format(
-        sql.Identifier(table), ctx.statements.backup
-    ))
+    conn.execute(sql.SQL("DROP TABLE {}, {}").format(sql.Identifier(table), ctx.statements.backup))
 
 
 def _values(family: str) -> st.SearchStrategy[list[str | None]]:
@@ -275,8 +351,11 @@ def _values(family: str) -> st.SearchStrategy[list[str | None]]:
 def test_every_type_round_trips_exactly(
     conn: psycopg.Connection[Any], family: str, path: str
 ) -> None:
-    @settings(max_examples=EXAMPLES if path == "unlocked" else 8, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES if path == "unlocked" else 8,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(values=_values(family))
     def check(values: list[str | None]) -> None:
         _check_family(conn, family, values, path)
@@ -323,7 +402,10 @@ def test_written_exactly_when_not_the_same_value(
     )
     conn.execute("INSERT INTO ex_same VALUES (1, %s, 'x'), (2, NULL, NULL)", (held,))
     ctx = _context(
-        conn, table, where="TRUE" if path == "locked" else None, rules=path == "rules",
+        conn,
+        table,
+        where="TRUE" if path == "locked" else None,
+        rules=path == "rules",
         transform=lambda df: df.assign(v=pd.Series([returned, None], dtype=object)),
         writes=("v",),
     )
@@ -353,10 +435,128 @@ def test_one_column_unchanged_is_not_written_beside_one_that_changed(
     conn.execute("CREATE TABLE ex_two (id integer PRIMARY KEY, v numeric, w numeric)")
     conn.execute("INSERT INTO ex_two VALUES (1, 1.50, 1), (2, 'NaN', 2)")
     ctx = _context(
-        conn, "ex_two", transform=lambda df: df.assign(w=pd.Series([Decimal(7), Decimal(2)])),
+        conn,
+        "ex_two",
+        transform=lambda df: df.assign(w=pd.Series([Decimal(7), Decimal(2)])),
     )
     counts = _run_chunk(conn, ctx, 2)
     rows = conn.execute("SELECT v::text AS v, w::text AS w FROM ex_two ORDER BY id").fetchall()
     assert [(r["v"], r["w"]) for r in rows] == [("1.50", "7"), ("NaN", "2")]
     assert counts["rows_written"] == 1
     conn.execute(sql.SQL("DROP TABLE ex_two, {}").format(ctx.statements.backup))
+
+
+# -- end to end: the real CLI, real Celery workers ------------------------------------------
+
+IDENTITY_SPEC = """
+def same(df):
+    return df
+
+amounts = Backfill(table="ex_amounts", key="id", reads=["amount"], writes=["amount"],
+                   transform=same, chunk_size=500)
+"""
+
+COPY_SPEC = """
+def copy(df):
+    return df.assign(w=df["v"])
+
+nan_copy = Backfill(table="ex_nan", key="id", reads=["v"], writes=["w"], transform=copy,
+                    chunk_size=250)
+"""
+
+
+def _texts(db: psycopg.Connection[Any], table: str, cols: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in db.execute(f"SELECT {cols} FROM {table} ORDER BY id").fetchall()]
+
+
+def test_numeric_38_15_returned_unchanged_is_not_rewritten(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Any, workers: WorkerPool
+) -> None:
+    """Issue 20 item 1: a pandas transform returning a numeric(38,15) column unchanged altered
+    every row through float64, and the run said completed. Now no row is written."""
+    db.execute("DROP TABLE IF EXISTS ex_amounts")
+    db.execute("CREATE TABLE ex_amounts (id integer PRIMARY KEY, amount numeric(38,15))")
+    db.execute(
+        "INSERT INTO ex_amounts SELECT i, CASE WHEN i % 97 = 0 THEN 'NaN'::numeric "
+        "WHEN i % 89 = 0 THEN NULL "
+        "ELSE 12345678901234567.123456789012345 - i * 0.000000000000001 * i END "
+        "FROM generate_series(1, 3000) AS i"
+    )
+    before = _texts(db, "ex_amounts", "id, amount::text, xmin::text")
+    run_id = launch(env, f"{spec_file(tmp_path, IDENTITY_SPEC)}:amounts")
+    assert wait_run(db, run_id) == "completed"
+    assert _texts(db, "ex_amounts", "id, amount::text, xmin::text") == before
+    written = db.execute(
+        "SELECT sum(rows_read), sum(rows_written) FROM ferry.chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert written is not None and (written[0], written[1]) == (3000, 0)
+
+
+def test_nan_numeric_plans_launches_and_travels_exactly(
+    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Any, workers: WorkerPool
+) -> None:
+    """Issue 20 item 1: a NaN in a numeric column the transform reads crashed ``plan`` with a
+    traceback. NaN, the infinities, NULL and 1,000 digits now reach the transform and come
+    back exactly."""
+    db.execute("DROP TABLE IF EXISTS ex_nan")
+    db.execute("CREATE TABLE ex_nan (id integer PRIMARY KEY, v numeric, w numeric)")
+    db.execute(
+        "INSERT INTO ex_nan (id, v) SELECT i, (ARRAY['NaN', 'Infinity', '-Infinity', NULL, "
+        "repeat('9', 1000), '0.000', '-12.50'])[1 + i % 7]::numeric "
+        "FROM generate_series(1, 700) AS i"
+    )
+    path = spec_file(tmp_path, COPY_SPEC)
+    plan = ferry("plan", f"{path}:nan_copy", "--json", env=env)
+    assert plan.returncode == 0 and "Traceback" not in plan.stderr, plan.stderr
+    run_id = launch(env, f"{path}:nan_copy")
+    assert wait_run(db, run_id) == "completed"
+    pairs = _texts(db, "ex_nan", "v::text, w::text")
+    assert all(v == w for v, w in pairs) and ("NaN", "NaN") in pairs
+
+
+BAD_VALUE_SPEC = """
+class Unprintable:
+    def __str__(self):
+        raise ValueError("secret-value-123")
+
+def bad(df):
+    out = df.assign(w=df["v"].astype(object))
+    out.loc[out["id"] > {after}, "w"] = Unprintable()
+    return out
+
+bad_values = Backfill(table="ex_bad", key="id", reads=["v"], writes=["w"], transform=bad,
+                      chunk_size=1000)
+"""
+
+
+@pytest.mark.parametrize("after", [0, 400])
+def test_values_that_cannot_be_converted_fail_in_one_line(
+    after: int,
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Any,
+    workers: WorkerPool,
+) -> None:
+    """A value Ferry cannot convert: in pre-flight one line and exit 2; in a worker (past the
+    pre-flight's 200 rows) the chunk fails at once with that cause, never the value, instead
+    of sitting ``running`` until its lease gives up."""
+    db.execute("DROP TABLE IF EXISTS ex_bad")
+    db.execute("CREATE TABLE ex_bad (id integer PRIMARY KEY, v text, w text)")
+    db.execute("INSERT INTO ex_bad (id, v) SELECT i, 'x' FROM generate_series(1, 500) AS i")
+    path = spec_file(tmp_path, BAD_VALUE_SPEC.format(after=after))
+    if after == 0:
+        proc = ferry("plan", f"{path}:bad_values", env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "could not write the transform's values (ValueError)" in lines[0]
+        assert "secret" not in proc.stderr
+        return
+    run_id = launch(env, f"{path}:bad_values")
+    assert wait_run(db, run_id) == "failed"
+    chunk = db.execute(
+        "SELECT attempts, error FROM ferry.chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert chunk is not None and chunk[0] == 1, chunk
+    assert "could not write the transform's values (ValueError)" in chunk[1]
+    assert "secret" not in chunk[1]
+    assert db.execute("SELECT count(*) FROM ex_bad WHERE w IS NOT NULL").fetchone() == (0,)
