@@ -539,7 +539,6 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
         )
 
     def _apply(self, candidates: sql.Composable, args: ChunkArgs) -> sql.Composed:
-        sql_mode = self.spec.mode == "sql"
         tail = sql.SQL(
             """changed AS (SELECT * FROM {source} WHERE {keep} {differ}),
 counted AS (SELECT count(*) AS n FROM changed),
@@ -563,15 +562,16 @@ SELECT {rows_read} AS rows_read,
             "t": self.table,
             "tid": TID,
             "toid": TOID,
-            # SQL path: the expressions' values, cast to their columns' types to be compared.
+            # The new values cast to their columns' types to be compared: SQL expressions and
+            # rule fixes (``fix="250"`` for a numeric(6,1) is 250.0 once stored) have their own.
             "differ": self._differ(
-                [_old(i) for i in range(len(self.writes))], list(self.writes), cast=sql_mode
+                [_old(i) for i in range(len(self.writes))], list(self.writes), cast=True
             ),
             "sets": self._sets(
                 "t",
                 [sql.SQL("changed.{}").format(_old(i)) for i in range(len(self.writes))],
                 [sql.SQL("changed.{}").format(c) for c in self.writes],
-                cast=sql_mode,
+                cast=True,
             ),
             "chunk_no": sql.Literal(int(args.chunk_no)),
             # pandas path: what the COPY read (the staged rows may be fewer), as without rules
