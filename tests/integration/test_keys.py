@@ -241,10 +241,13 @@ KEYS: dict[str, tuple[str, str]] = {
     ),
     "uuid": ("uuid", "md5(g::text)::uuid"),
     "numeric": ("numeric", "CASE WHEN g = 1 THEN 'NaN'::numeric ELSE (g - 100) / 7.0 END"),
-    "text_c": ('text COLLATE "C"', "(ARRAY['a','B','b','A','ä','Z','-1','1',''])[g % 9 + 1] || g"),
+    "text_c": (
+        'text COLLATE "C"',
+        "(ARRAY['a','B','b','A','ä','Z','-1','1',''])[g % 9 + 1] || '~' || g",
+    ),
     "text_icu": (
         'text COLLATE "sv-x-icu"',
-        "(ARRAY['a','B','b','A','ä','Z','-1','1',''])[g % 9 + 1] || g",
+        "(ARRAY['a','B','b','A','ä','Z','-1','1',''])[g % 9 + 1] || '~' || g",
     ),
     "text_awkward": (
         "text",
