@@ -34,14 +34,23 @@ from workers.statements import Statements
 COUNTING_SPEC = """
 b = Backfill(table="{table}", key="{key}", reads=[], writes=["hits"],
              sql={{"hits": "coalesce(hits, 0) + 1"}}, chunk_size={chunk})
+
+def count(df):
+    out = df[["{key}"]].copy()
+    out["hits"] = pd.to_numeric(df["hits"]).fillna(0).astype("int64") + 1
+    return out
+
+p = Backfill(table="{table}", key="{key}", reads=["hits"], writes=["hits"], transform=count,
+             chunk_size={chunk})
 """
 
 
-def _counting(tmp_path: Path, table: str, chunk: int, key: str = "id") -> str:
+def _counting(tmp_path: Path, table: str, chunk: int, key: str = "id", mode: str = "sql") -> str:
+    """``b`` (SQL) or ``p`` (pandas): each row's ``hits`` one more than it was."""
     path = spec_file(
         tmp_path, COUNTING_SPEC.format(table=table, key=key, chunk=chunk), name=f"spec_{table}.py"
     )
-    return f"{path}:b"
+    return f"{path}:{'b' if mode == 'sql' else 'p'}"
 
 
 def _hits(conn: psycopg.Connection[Any], table: str) -> dict[Any, int]:
@@ -264,16 +273,33 @@ KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(KEYS))
+# workers/copyio reads numeric as float64 on main (issue 20 item 1, fixed by the exact-values
+# work): a numeric key then no longer finds its row. Strict: passes once that lands.
+FLOAT64_KEYS = pytest.mark.xfail(
+    strict=True, reason="pandas path reads numeric keys through float64 (issue 20 item 1)"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        pytest.param(
+            name, mode, marks=FLOAT64_KEYS if (name, mode) == ("numeric", "pandas") else ()
+        )
+        for name in sorted(KEYS)
+        for mode in ("sql", "pandas")
+    ],
+)
 def test_every_key_type_applies_every_row_exactly_once(
     name: str,
+    mode: str,
     db: psycopg.Connection[Any],
     env: dict[str, str],
     workers: WorkerPool,
     tmp_path: Path,
 ) -> None:
     key_type, key_expr = KEYS[name]
-    table = f"keys_{name}"
+    table = f"keys_{name}_{mode}"
     db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
     db.execute(
         sql.SQL(
@@ -281,11 +307,16 @@ def test_every_key_type_applies_every_row_exactly_once(
             "INSERT INTO {t} (id) SELECT {k} FROM generate_series(1, 301) AS g"
         ).format(t=sql.Identifier(table), kt=sql.SQL(key_type), k=sql.SQL(key_expr))
     )
-    proc = ferry("plan", _counting(tmp_path, table, 13), "--json", env=env)
+    ref = _counting(tmp_path, table, 13, mode=mode)
+    proc = ferry("plan", ref, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["chunks"] == 24  # 23 of 13 rows and one of 2
-    run_id = launch(env, _counting(tmp_path, table, 13))
-    assert wait_run(db, run_id) == "completed"
+    run_id = launch(env, ref)
+    status = wait_run(db, run_id)
+    errors = db.execute(
+        "SELECT DISTINCT error FROM ferry.chunks WHERE run_id = %s AND error IS NOT NULL", (run_id,)
+    ).fetchall()
+    assert (status, [e[0] for e in errors]) == ("completed", []), errors
     assert chunk_counts(db, run_id) == {"done": 24}
     assert _hits(db, table) == {1: 301}
     written = db.execute(
