@@ -210,8 +210,38 @@ def test_planned_chunks_partition_the_rows_exactly(
         seen.update(r["r"] for r in chunk)
         sizes.append(len(chunk))
     assert set(seen) == rows and all(n == 1 for n in seen.values())
-    if rows:
-        remainder = len(rows) % chunk_size or chunk_size
-        assert sizes == [chunk_size] * (len(sizes) - 1) + [remainder]
-    else:
+    if not rows:
         assert planned == []
+        return
+    remainder = len(rows) % chunk_size or chunk_size
+    assert sizes == [chunk_size] * (len(sizes) - 1) + [remainder]
+    # A chunk too slow is cut after its first ``keep`` rows (workers.execution._split): the
+    # two halves hold exactly the chunk's rows, the first exactly ``keep`` of them.
+    which = data.draw(st.integers(0, len(planned) - 1), label="chunk to split")
+    keep = data.draw(st.integers(1, sizes[which]), label="keep")
+    lo, hi = planned[which]
+    point = conn.execute(statements.split_point(KeyRange(lo, hi), keep)).fetchone()
+    if keep == sizes[which]:  # nothing past the cut: the chunk runs whole
+        assert point is None
+        return
+    assert point is not None and point["b"] is not None
+    halves = [
+        [
+            r["r"]
+            for r in conn.execute(
+                sql.SQL("SELECT t.ctid::text AS r FROM {t} AS t WHERE {r}").format(
+                    t=t, r=statements.in_range(part)
+                )
+            )
+        ]
+        for part in (KeyRange(lo, point["b"]), KeyRange(point["b"], hi))
+    ]
+    whole = [
+        r["r"]
+        for r in conn.execute(
+            sql.SQL("SELECT t.ctid::text AS r FROM {t} AS t WHERE {r}").format(
+                t=t, r=statements.in_range(KeyRange(lo, hi))
+            )
+        )
+    ]
+    assert len(halves[0]) == keep and sorted(halves[0] + halves[1]) == sorted(whole)
