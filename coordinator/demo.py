@@ -35,6 +35,7 @@ from coordinator.demo_state import State
 from migrations.errors import CheckFailed
 from migrations.schema import SchemaRunner, load_directory
 from workers.command import worker_command
+from workers.db import connect as pinned_connect
 from workers.limits import Limits
 from workers.settings import Settings
 
@@ -71,7 +72,7 @@ def _demo_url(base: str) -> tuple[str, str]:
 
 def _fresh_database(admin: str) -> None:
     """The demo owns ``ferry_demo``: every demo starts from an empty one."""
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+    with pinned_connect(admin, autocommit=True, connect_timeout=10) as conn:
         name = sql.Identifier(DEMO_DB)
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))

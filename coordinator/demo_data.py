@@ -22,8 +22,9 @@ The mess, per legacy column:
 
 from __future__ import annotations
 
-import psycopg
 from psycopg import sql
+
+from workers.db import connect as pinned_connect
 
 FIRST = (
     "Olivia Liam Emma Noah Ava Elijah Sophia James Isabella Lucas Mia Mateo Amelia Ethan "
@@ -129,7 +130,7 @@ alter table patients
 
 def build_patients(url: str, rows: int) -> None:
     """Create and fill ``patients`` in the (fresh) demo database."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with pinned_connect(url, autocommit=True) as conn:
         conn.execute(CREATE)
         conn.execute(
             sql.SQL(INSERT).format(

@@ -26,6 +26,7 @@ from workers.catalog import (
 from workers.encryption import fingerprint
 from workers.failures import describe
 from workers.model import RunSpec
+from workers.statements import null_keys
 
 Conn = psycopg.Connection[Any]
 
@@ -47,6 +48,7 @@ def resolve(
     qualified = QualifiedName(info.schema, info.name)
     if where:
         _guard(conn, lambda: check_where(conn, qualified, where), "--where filter")
+    _check_null_keys(conn, info, backfill.key, where)
     if backfill.sql is not None:
         types = _guard(
             conn,
@@ -120,6 +122,24 @@ def _check_columns(info: TableInfo, backfill: Backfill) -> None:
     for column in backfill.reads:
         if column not in info.columns:
             raise BadInput(f"read column {column} does not exist in {table}")
+
+
+def _check_null_keys(conn: Conn, info: TableInfo, key: str, where: str | None) -> None:
+    """No key range holds a row whose key is NULL: a run over such rows would leave them
+    unchanged and still complete (a unique index allows any number of NULLs). Refused with
+    the count, never a value."""
+    row = _guard(
+        conn,
+        lambda: conn.execute(null_keys(info.schema, info.name, key, where)).fetchone(),
+        "NULL key count",
+    )
+    n = int(row["n"] if isinstance(row, dict) else row[0]) if row is not None else 0
+    if n:
+        raise BadInput(
+            f"key column {key} of {info.schema}.{info.name} is NULL in {n} of the run's rows, "
+            f"which no key range holds: give them keys, or leave them out with --where "
+            f'"{key} IS NOT NULL"'
+        )
 
 
 def _guard(conn: Conn, action: Any, what: str) -> Any:

@@ -198,9 +198,18 @@ class Statements:
         )
 
     def last_key(self) -> sql.Composed:
+        """The greatest key. NULLs sort first in DESC order: without ``IS NOT NULL`` a table
+        holding one NULL key had NULL as its last key, and the run planned no chunk at all
+        (rows whose key the application sets to NULL after ``resolve`` counted none are not
+        the run's, as rows inserted above the last key are not)."""
         return sql.SQL(
-            "SELECT t.{k}::text AS b FROM {t} AS t WHERE {w} ORDER BY t.{k} DESC LIMIT 1"
+            "SELECT t.{k}::text AS b FROM {t} AS t WHERE t.{k} IS NOT NULL AND {w} "
+            "ORDER BY t.{k} DESC LIMIT 1"
         ).format(k=self.key, t=self.table, w=self.where)
+
+    def null_keys(self) -> sql.Composed:
+        """How many of the run's rows have a NULL key (no range holds them)."""
+        return null_keys(self.spec.schema, self.spec.table, self.spec.key, self.spec.where)
 
     def lock_rows(self, r: KeyRange) -> sql.Composed:
         """Take the chunk's row locks first, waiting (within lock_timeout) for the
@@ -716,6 +725,16 @@ raw_values AS (
             "WHERE t.{k} = b.{k} RETURNING 1) "
             "SELECT count(*) AS rows FROM restored"
         ).format(t=self.table, sets=sets, b=self.pre_images(chunk_no), k=self.key)
+
+
+def null_keys(schema: str, table: str, key: str, where: str | None) -> sql.Composed:
+    """Count the rows of ``table`` (those the filter keeps) whose key is NULL: ``resolve``
+    refuses a run over them. The unique index on the key serves ``IS NULL``."""
+    return sql.SQL("SELECT count(*) AS n FROM {t} AS t WHERE t.{k} IS NULL AND {w}").format(
+        t=sql.Identifier(schema, table),
+        k=sql.Identifier(key),
+        w=sql.SQL("({})").format(sql.SQL(where)) if where else sql.SQL("TRUE"),
+    )
 
 
 def _passes(rule: ValidationRule) -> sql.Composable:
