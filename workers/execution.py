@@ -96,6 +96,7 @@ class ChunkExecutor:
                     self.worker,
                     self.settings.lease_seconds,
                     self.settings.idle_in_transaction_timeout_ms,
+                    self.settings.lock_timeout_ms,
                 )
             except psycopg.Error as exc:
                 with contextlib.suppress(psycopg.Error):

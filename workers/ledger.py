@@ -224,9 +224,14 @@ class Ledger:
         worker: str,
         lease: float,
         idle_timeout_ms: int,
+        lock_timeout_ms: int,
     ) -> Mapping[str, Any] | None:
         """Mark the chunk running under a lease, committed on ``conn`` before its work starts
-        (the sweeper must see the lease while the chunk transaction runs)."""
+        (the sweeper must see the lease while the chunk transaction runs).
+
+        The claim waits for a live transaction on the chunk's row (a duplicate delivery, a
+        rollback), but no longer than ``lock_timeout_ms``: past it the claim fails with 55P03,
+        a transient error, and the task retries later instead of holding a worker process."""
         conn.rollback()
         # Not pipelined: a client cut off between a pipeline's statements and its Sync leaves
         # its backend holding the locks taken so far, waiting with no idle timeout armed (seen
@@ -235,8 +240,9 @@ class Ledger:
         # need not wait for a WAL flush.
         conn.execute(
             "SELECT set_config('synchronous_commit', 'off', true),"
-            " set_config('idle_in_transaction_session_timeout', %s, true)",
-            (f"{idle_timeout_ms}ms",),
+            " set_config('idle_in_transaction_session_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true)",
+            (f"{idle_timeout_ms}ms", f"{lock_timeout_ms}ms"),
         )
         row = conn.execute(
             q("claim_chunk"),

@@ -223,6 +223,55 @@ def test_rows_the_application_changes_under_a_chunk_are_written_as_they_stay(
     ferry("cancel", str(run_id), env=own_env, check=True)
 
 
+def test_a_claim_waits_on_the_chunk_row_no_longer_than_lock_timeout(
+    db: psycopg.Connection[Any],
+    own_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    """Another transaction holds the chunk's ledger row (a rollback, a stuck duplicate): the
+    claim gives up after FERRY_LOCK_TIMEOUT_MS with 55P03, a transient error, instead of
+    holding the worker process for as long as the other transaction lives. The claim changed
+    nothing: the chunk is still pending, never attempted. No worker consumes the test's queue."""
+    from migrations.errors import TransientChunkError
+
+    make_numbers_table(db, "claimwait", 100)
+    run_id = launch(own_env, f"{slow_spec(tmp_path, 'claimwait', 100)}:s")
+    holder = psycopg.connect(database_url)
+    holder.execute(
+        "SELECT 1 FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0 FOR UPDATE", (run_id,)
+    )
+    executor = _executor(own_env, monkeypatch, "pytest:cw")  # lock_timeout: 500 ms
+    outcome: dict[str, Any] = {}
+
+    def claim() -> None:
+        started = time.monotonic()
+        try:
+            outcome["result"] = executor.apply(run_id, 0)
+        except BaseException as exc:  # judged below, in the test's thread
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=claim, daemon=True)
+    thread.start()
+    thread.join(10)
+    waited_on = thread.is_alive()
+    holder.rollback()  # frees a claim that would otherwise wait for as long as the holder
+    holder.close()
+    thread.join(30)
+    assert not waited_on, "the claim waited on the chunk's row past its lock_timeout"
+    err = outcome.get("error")
+    assert isinstance(err, TransientChunkError), outcome
+    assert err.sqlstate == "55P03"
+    assert outcome["seconds"] < 5
+    chunk = db.execute(
+        "SELECT status, attempts FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0", (run_id,)
+    ).fetchone()
+    assert chunk == ("pending", 0)
+    ferry("cancel", str(run_id), env=own_env, check=True)
+
+
 def _executor(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, worker: str, ledger: Any = None
 ) -> Any:
