@@ -8,6 +8,7 @@ connection; the rest open their own short transaction.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import socket
 import time
@@ -19,13 +20,14 @@ from psycopg.types.json import Jsonb
 
 from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
 from workers.db import Database
-from workers.failures import report
+from workers.failures import Breaker, report, stop_reason
 from workers.limits import Limits
 from workers.model import Run
 from workers.queries import ledger_migrations, queries
 
 LEDGER_LOCK = 0x66657272  # "ferr": advisory lock key for ledger migrations
 Conn = psycopg.Connection[Any]
+log = logging.getLogger("ferry.ledger")
 
 
 def q(name: str) -> str:
@@ -255,14 +257,39 @@ class Ledger:
         with self.db.transaction() as conn:
             conn.execute(q("release_chunk"), self._failure(run_id, chunk_no, err))
 
-    def fail(self, run_id: int, chunk_no: int, err: ChunkError, window: int) -> list[int]:
-        """Mark the chunk failed; the chunks it releases (to send once this returns)."""
+    def fail(
+        self,
+        run_id: int,
+        chunk_no: int,
+        err: ChunkError,
+        window: int,
+        breaker: Breaker | None = None,
+    ) -> list[int]:
+        """Mark the chunk failed; the chunks it releases (to send once this returns).
+
+        A rule with action ``fail``, an error no retry can fix, or the breaker tripping
+        stops the run instead (status ``failed``, with an alert that says why): nothing more
+        is released, chunks in flight hand themselves back, and every chunk not run stays
+        pending for ``ferry retry`` once the cause is fixed (see ``failures.stop_reason``).
+        """
         with self.db.transaction() as conn:
             conn.execute(q("fail_chunk"), self._failure(run_id, chunk_no, err))
             if isinstance(err, RuleFailure):
                 conn.execute(q("stop_run"), {"run_id": run_id, "error": str(err)})
                 return []
-            return self._release(conn, run_id, window)
+            tally = conn.execute(q("chunk_tally"), {"run_id": run_id}).fetchone()
+            assert tally is not None
+            stop = stop_reason(err, chunk_no, tally["done"], tally["failed"], breaker)
+            if stop is None:
+                return self._release(conn, run_id, window)
+            kind, message = stop
+            stopped = conn.execute(
+                q("stop_run_alerting"),
+                {"run_id": run_id, "error": message, "type": kind, "message": message},
+            ).fetchone()
+            if stopped is not None:
+                log.warning("run %s stopped (%s) after chunk %s failed", run_id, kind, chunk_no)
+            return []
 
     def release_window(self, run_id: int, window: int, *, again: bool = False) -> list[int]:
         """Mark the run's next held-back chunks sent, up to ``window`` sent and unsettled;

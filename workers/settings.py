@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from migrations.classification import parse_setting as parse_phi_setting
 from migrations.errors import BadInput
 from workers.encryption import check_key
+from workers.failures import Breaker
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
@@ -45,6 +46,11 @@ class Settings:
     # but writes less durable than the application's are the DBA's to ask for: "on" stays.
     synchronous_commit: str = "on"
     max_attempts: int = 6
+    # The failure breaker (workers.failures.Breaker): a run stops once at least this many of
+    # its chunks settled and more than this share of them failed. FERRY_BREAKER_MIN_CHUNKS
+    # (0: off), FERRY_BREAKER_RATIO (0 to 1, exclusive of 1).
+    breaker_min_chunks: int = 10
+    breaker_ratio: float = 0.5
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     visibility_timeout: int = 900
@@ -84,6 +90,8 @@ class Settings:
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
             "worker_memory_mb": ("FERRY_WORKER_MEMORY_MB", int),
             "idle_timeout_ms": ("FERRY_IDLE_TIMEOUT_MS", int),
+            "breaker_min_chunks": ("FERRY_BREAKER_MIN_CHUNKS", int),
+            "breaker_ratio": ("FERRY_BREAKER_RATIO", float),
         }
         for attr, (name, kind) in numeric.items():
             raw = env.get(name)
@@ -93,7 +101,20 @@ class Settings:
                 except ValueError:
                     raise BadInput(f"{name} must be a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse values that would make the chunk machinery misbehave rather than fail."""
+        if self.breaker_min_chunks < 0:
+            raise BadInput("FERRY_BREAKER_MIN_CHUNKS must be 0 (off) or more")
+        if not 0 <= self.breaker_ratio < 1:  # NaN fails both comparisons
+            raise BadInput("FERRY_BREAKER_RATIO must be at least 0 and less than 1")
+
+    @property
+    def breaker(self) -> Breaker:
+        return Breaker(min_chunks=self.breaker_min_chunks, ratio=self.breaker_ratio)
 
     @property
     def idle_in_transaction_timeout_ms(self) -> int:

@@ -73,7 +73,7 @@ def _fail(rt: Runtime, run_id: int, chunk_no: int, exc: PermanentChunkError) -> 
     """Fail the chunk; like a done one, it releases the run's next chunk to the broker."""
     run = rt.ledger.get_run(run_id)
     window = Limits.from_json(run.params.get("limits")).window
-    released = rt.ledger.fail(run_id, chunk_no, exc, window)
+    released = rt.ledger.fail(run_id, chunk_no, exc, window, rt.settings.breaker)
     rt.executor.send_released(run_id, released, run.params.get("queue"))
 
 

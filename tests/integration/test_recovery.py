@@ -287,3 +287,89 @@ def _executor(
     settings = Settings.from_env()
     database = Database(settings)
     return ChunkExecutor(database, (ledger or Ledger)(database), settings, MemoryProgress(), worker)
+
+
+def test_a_table_gone_stops_the_run_at_once_and_retry_resumes_it(
+    db: psycopg.Connection[Any], own_env: dict[str, str], pool: Any, tmp_path: Path
+) -> None:
+    """The table disappears mid-run (renamed away, so that it can come back): 42P01 is no
+    chunk's bad luck: the first chunk that meets it fails, without retries,
+    and stops the run (failed, with an alert that names the SQLSTATE); every chunk not run
+    stays pending, untried. Once the table is back, `ferry retry` runs them all."""
+    pool.start("dropped")  # one process: one chunk in flight at a time
+    make_numbers_table(db, "dropped", 3_000)
+    path = slow_spec(tmp_path, "dropped", 100, 0.1)
+    run_id = launch(own_env, f"{path}:s")
+    deadline = time.monotonic() + 60
+    while chunk_counts(db, run_id).get("done", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    db.execute("ALTER TABLE dropped RENAME TO dropped_away")
+    assert wait_run(db, run_id, timeout=60) == "failed"
+    counts = chunk_counts(db, run_id)
+    assert counts.get("failed") == 1, counts  # on main: every chunk failed, one by one
+    assert counts.get("pending", 0) + counts.get("done", 0) + 1 == 30, counts
+    failed = db.execute(
+        "SELECT attempts, error FROM ferry.chunks WHERE run_id = %s AND status = 'failed'",
+        (run_id,),
+    ).fetchone()
+    assert failed is not None and failed[0] == 1 and failed[1].startswith("42P01")
+    untried = db.execute(
+        "SELECT count(*) FROM ferry.chunks WHERE run_id = %s AND status = 'pending'"
+        " AND attempts > 0",
+        (run_id,),
+    ).fetchone()
+    assert untried == (0,)
+    alerts = db.execute(
+        "SELECT type, message FROM ferry.alerts WHERE run_id = %s", (run_id,)
+    ).fetchall()
+    assert [a[0] for a in alerts] == ["run_stopped"]
+    assert "42P01" in alerts[0][1] and "ferry retry" in alerts[0][1]
+    status = json.loads(ferry("status", str(run_id), "--json", env=own_env).stdout)
+    assert status["run_status"] == "failed"
+    assert any(a["type"] == "run_stopped" for a in status["alerts"]), status["alerts"]
+    db.execute("ALTER TABLE dropped_away RENAME TO dropped")
+    ferry("retry", str(run_id), env=own_env, check=True)
+    assert wait_run(db, run_id, timeout=120) == "completed"
+    assert db.execute(
+        "SELECT count(*) FROM dropped WHERE score IS DISTINCT FROM a * 3 + b"
+    ).fetchone() == (0,)
+    written = db.execute(
+        "SELECT sum(rows_written), sum(rows_read) FROM ferry.chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert written is not None and written[1] == 3_000
+    assert pre_image_counts(db, run_id) == (written[0], written[0])
+
+
+BREAKER_SPEC = """
+def flaky(df):
+    if int(df["id"].iloc[0]) // 20 % 3:  # two chunks of three fail on their data
+        raise ValueError("no good")
+    return pd.DataFrame({"id": df["id"], "score": df["a"] * 3 + df["b"]})
+
+b = Backfill(table="breaker", key="id", reads=["a", "b"], writes=["score"],
+             transform=flaky, chunk_size=20)
+"""
+
+
+def test_the_failure_breaker_stops_a_run_whose_chunks_mostly_fail(
+    db: psycopg.Connection[Any], own_env: dict[str, str], pool: Any, tmp_path: Path
+) -> None:
+    """Data errors fail their own chunk only, until the breaker's rule holds (default: at
+    least 10 settled chunks, more than half failed): then the run stops, with an alert, and
+    the rest of its 60 chunks are never tried."""
+    from tests.helpers import spec_file
+
+    pool.start("breaker")
+    make_numbers_table(db, "breaker", 1_200)
+    run_id = launch(own_env, f"{spec_file(tmp_path, BREAKER_SPEC)}:b")
+    assert wait_run(db, run_id, timeout=120) == "failed"
+    counts = chunk_counts(db, run_id)
+    done, failed = counts.get("done", 0), counts.get("failed", 0)
+    assert done + failed >= 10 and failed > (done + failed) / 2, counts
+    assert counts.get("pending", 0) >= 30, counts  # on main: all 60 chunks settled
+    alerts = db.execute(
+        "SELECT type, message FROM ferry.alerts WHERE run_id = %s", (run_id,)
+    ).fetchall()
+    assert [a[0] for a in alerts] == ["failure_breaker"]
+    assert f"{failed} of {done + failed} settled chunks failed" in alerts[0][1]
+    assert "no good" not in alerts[0][1] or "ValueError" in alerts[0][1]
