@@ -33,6 +33,7 @@ from migrations.errors import (
 )
 from workers.db import Database
 from workers.failures import RuleFailure, classify, describe
+from workers.keepalive import kept_alive
 from workers.ledger import Ledger, q
 from workers.limits import Limits
 from workers.model import ChunkResult
@@ -170,6 +171,18 @@ class ChunkExecutor:
             counts: Mapping[str, Any] | None = conn.execute(ctx.statements.apply(again)).fetchone()
         assert counts is not None
         return counts
+
+    def _kept_alive(self, conn: Conn, ctx: RunContext) -> RunContext:
+        """The run's context with its transform and Python rules keeping the chunk's session
+        alive while they run: slow is not dead (see ``workers.keepalive``)."""
+        interval = self.settings.idle_in_transaction_timeout_ms / 3000
+        limit = self.settings.transform_timeout
+        assert ctx.transform is not None
+        return replace(
+            ctx,
+            transform=kept_alive(ctx.transform, conn, interval, limit),
+            checks=tuple((i, kept_alive(check, conn, interval, limit)) for i, check in ctx.checks),
+        )
 
     # -- sizing ----------------------------------------------------------------------------
     def _split(self, ctx: RunContext, chunk_no: int, keep: int, planned: int) -> int | None:
@@ -310,7 +323,9 @@ class ChunkExecutor:
                 with step("ferry.lock"):
                     conn.execute(ctx.statements.lock_rows(key_range))
         else:  # the COPY that reads the chunk takes its row locks, or the versions it read
-            rows_read = stage_input(conn, ctx, key_range, lock=not ctx.statements.reads_unlocked)
+            rows_read = stage_input(
+                conn, self._kept_alive(conn, ctx), key_range, lock=not ctx.statements.reads_unlocked
+            )
         args = ChunkArgs(
             run_id=run_id,
             chunk_no=chunk_no,

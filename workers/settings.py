@@ -38,6 +38,11 @@ class Settings:
     # A chunk transaction left idle (its worker cut off mid-chunk) ends after this, freeing its
     # locks so the sweeper can re-queue the chunk; None: the lease. FERRY_IDLE_TIMEOUT_MS.
     idle_timeout_ms: int | None = None
+    # How long a chunk's transform and Python rules may keep its transaction's session alive
+    # (workers.keepalive): past it the session idles out and the chunk fails. The default is
+    # the visibility timeout's: a task running longer is delivered again meanwhile anyway.
+    # FERRY_TRANSFORM_TIMEOUT, seconds.
+    transform_timeout: float = 900.0
     # synchronous_commit of chunk transactions (FERRY_SYNCHRONOUS_COMMIT). "off" is safe: a
     # chunk's rows, pre-images and done mark commit together, so a commit lost in a server
     # crash is a chunk still pending in the recovered ledger, which runs again, and any later
@@ -90,6 +95,7 @@ class Settings:
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
             "worker_memory_mb": ("FERRY_WORKER_MEMORY_MB", int),
             "idle_timeout_ms": ("FERRY_IDLE_TIMEOUT_MS", int),
+            "transform_timeout": ("FERRY_TRANSFORM_TIMEOUT", float),
             "breaker_min_chunks": ("FERRY_BREAKER_MIN_CHUNKS", int),
             "breaker_ratio": ("FERRY_BREAKER_RATIO", float),
         }
@@ -107,6 +113,8 @@ class Settings:
 
     def check(self) -> None:
         """Refuse values that would make the chunk machinery misbehave rather than fail."""
+        if not self.transform_timeout > 0:  # NaN too
+            raise BadInput("FERRY_TRANSFORM_TIMEOUT must be a number of seconds above 0")
         if self.breaker_min_chunks < 0:
             raise BadInput("FERRY_BREAKER_MIN_CHUNKS must be 0 (off) or more")
         if not 0 <= self.breaker_ratio < 1:  # NaN fails both comparisons
@@ -124,6 +132,8 @@ class Settings:
         the chunk's ledger row and the rows' locks; the sweeper skips locked chunks, so until
         PostgreSQL ends that session nobody can re-run the chunk (and the application waits on
         its rows). Tying the two means a lost worker's chunk runs again about a lease later.
+        A live worker's transform may run longer: it keeps the session alive meanwhile
+        (``workers.keepalive``, up to ``transform_timeout``).
         """
         if self.idle_timeout_ms:
             return self.idle_timeout_ms

@@ -373,3 +373,114 @@ def test_the_failure_breaker_stops_a_run_whose_chunks_mostly_fail(
     assert [a[0] for a in alerts] == ["failure_breaker"]
     assert f"{failed} of {done + failed} settled chunks failed" in alerts[0][1]
     assert "no good" not in alerts[0][1] or "ValueError" in alerts[0][1]
+
+
+def test_a_session_kept_alive_outlives_its_idle_timeout_until_the_limit(
+    database_url: str,
+) -> None:
+    """The keepalive's two promises, on a real session idle in transaction: while it pings,
+    the 1 s idle timeout never fires; past its limit it stops, and PostgreSQL ends the
+    session (what frees a stuck transform's locks)."""
+    from workers.keepalive import SessionKeepalive
+
+    for limit, survives in ((30.0, True), (0.5, False)):
+        with psycopg.connect(database_url) as conn:
+            conn.execute("SET idle_in_transaction_session_timeout = '1s'")
+            conn.execute("SELECT 1")  # the transaction is open from here
+            with SessionKeepalive(conn, 0.3, limit) as keeper:
+                time.sleep(2.5)
+            if survives:
+                assert keeper.pings >= 5
+                assert conn.execute("SELECT 2").fetchone() == (2,)
+            else:
+                assert keeper.pings <= 2
+                with pytest.raises(psycopg.Error) as ended:
+                    conn.execute("SELECT 2")
+                assert ended.value.sqlstate in ("25P03", None)  # its FATAL, or the socket shut
+
+
+def test_a_transform_slower_than_the_lease_succeeds_first_time(
+    db: psycopg.Connection[Any], own_env: dict[str, str], pool: Any, tmp_path: Path
+) -> None:
+    """Slow is not dead: each chunk's transform sleeps 8 s, over two leases (3 s, so the idle
+    timeout is 3 s too) while the sweeper looks every 0.5 s. On main each chunk failed with
+    25P03 on its first attempt and the run ended failed. Here every chunk is done on its first
+    attempt, each row written once, and nothing was re-queued meanwhile."""
+    _, expected = prepare_reference(db, "slowpoke", 200)
+    pool.start("slow", concurrency=2)
+    run_id = launch(own_env, f"{slow_spec(tmp_path, 'slowpoke', 100, 8)}:b")
+    assert wait_run(db, run_id, timeout=120) == "completed"
+    chunks = db.execute(
+        "SELECT chunk_no, attempts, error FROM ferry.chunks WHERE run_id = %s ORDER BY 1",
+        (run_id,),
+    ).fetchall()
+    assert chunks == [(0, 1, None), (1, 1, None)]
+    assert fingerprint(db, "slowpoke") == expected
+    written = db.execute(
+        "SELECT sum(rows_written) FROM ferry.chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert written is not None and pre_image_counts(db, run_id) == (written[0], written[0])
+
+
+ONCE_SLOW_SPEC = """
+import os, time
+
+FLAG = {flag!r}
+
+def once_slow(df):
+    # the first attempt of the chunk (300 rows) hangs in its transform; launch's pre-flight
+    # check (a sample of 200 rows) does not
+    if len(df) > 250 and not os.path.exists(FLAG):
+        open(FLAG, "w").close()
+        time.sleep(120)
+    return pd.DataFrame({{"id": df["id"], "score": df["a"] * 3 + df["b"]}})
+
+b = Backfill(table="gone", key="id", reads=["a", "b"], writes=["score"],
+             transform=once_slow, chunk_size=1000)
+"""
+
+
+def test_a_worker_killed_in_a_slow_transform_frees_its_chunk_within_two_leases(
+    db: psycopg.Connection[Any], own_env: dict[str, str], pool: Any, tmp_path: Path
+) -> None:
+    """The keepalive must not keep a dead worker's chunk: the worker holding the one chunk of
+    the run is SIGKILLed as soon as it claimed it (its lease, 3 s, has all to run): the other
+    worker's sweeper re-queues it and it runs again within two leases of the kill, once."""
+    from tests.helpers import spec_file
+
+    make_numbers_table(db, "gone", 300)
+    flag = tmp_path / "started"
+    pool.start("g1")
+    pool.start("g2")
+    run_id = launch(own_env, f"{spec_file(tmp_path, ONCE_SLOW_SPEC.format(flag=str(flag)))}:b")
+    deadline = time.monotonic() + 60
+    holder = None
+    while holder is None and time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT worker FROM ferry.chunks WHERE run_id = %s AND status = 'running'", (run_id,)
+        ).fetchone()
+        holder = row[0] if row else None
+        time.sleep(0.01)
+    assert holder is not None, (chunk_counts(db, run_id), pool.logs()[-3000:])
+    name = holder.split("@", 1)[0]
+    pool.kill(name)
+    killed = time.monotonic()
+    lease = float(own_env["FERRY_LEASE_SECONDS"])
+    again = None
+    while again is None and time.monotonic() < killed + 4 * lease:
+        row = db.execute(
+            "SELECT attempts FROM ferry.chunks WHERE run_id = %s AND attempts >= 2", (run_id,)
+        ).fetchone()
+        again = time.monotonic() if row else None
+        time.sleep(0.02)
+    assert again is not None, "the chunk was not claimed again within four leases"
+    assert again - killed <= 2 * lease, f"claimed again {again - killed:.1f}s after the kill"
+    assert flag.exists()
+    assert wait_run(db, run_id, timeout=60) == "completed"
+    assert db.execute(
+        "SELECT count(*) FILTER (WHERE score IS DISTINCT FROM a * 3 + b) FROM gone"
+    ).fetchone() == (0,)
+    written = db.execute(
+        "SELECT sum(rows_written) FROM ferry.chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert written is not None and pre_image_counts(db, run_id) == (written[0], written[0])

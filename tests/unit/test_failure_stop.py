@@ -47,9 +47,7 @@ def test_the_breaker_trips_past_half_of_at_least_ten(done: int, failed: int, tri
 def test_the_breaker_off_and_configured() -> None:
     assert not Breaker(min_chunks=0).trips(0, 1000)
     assert Breaker(min_chunks=2, ratio=0.0).trips(1, 1)
-    settings = Settings.from_env(
-        {"FERRY_BREAKER_MIN_CHUNKS": "50", "FERRY_BREAKER_RATIO": "0.25"}
-    )
+    settings = Settings.from_env({"FERRY_BREAKER_MIN_CHUNKS": "50", "FERRY_BREAKER_RATIO": "0.25"})
     assert settings.breaker == Breaker(min_chunks=50, ratio=0.25)
     assert Settings.from_env({}).breaker == Breaker(min_chunks=10, ratio=0.5)
 
@@ -62,8 +60,10 @@ def test_the_breaker_off_and_configured() -> None:
         ("FERRY_BREAKER_RATIO", "nan"),
         ("FERRY_BREAKER_MIN_CHUNKS", "-1"),
         ("FERRY_BREAKER_MIN_CHUNKS", "x"),
+        ("FERRY_TRANSFORM_TIMEOUT", "0"),
+        ("FERRY_TRANSFORM_TIMEOUT", "nan"),
     ],
 )
-def test_bad_breaker_settings_are_refused(name: str, value: str) -> None:
+def test_bad_chunk_settings_are_refused(name: str, value: str) -> None:
     with pytest.raises(BadInput, match=name):
         Settings.from_env({name: value})
