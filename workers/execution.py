@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -360,6 +362,7 @@ class ChunkExecutor:
                     "window": window,
                 },
             ).fetchall()
+            _test_kill_point(self.settings.test_kill_once)
             conn.commit()
         return ChunkResult(
             run_id=run_id,
@@ -372,6 +375,22 @@ class ChunkExecutor:
             duration_ms=duration_ms,
             released=tuple(sorted(r["chunk_no"] for r in released)),
         )
+
+
+def _test_kill_point(flag: str | None) -> None:
+    """TEST ONLY, off unless FERRY_TEST_KILL_ONCE names a file: the first worker process to
+    get here while that file exists deletes it and SIGKILLs itself, after the chunk's data
+    change and its done mark, before their COMMIT (tests/integration/test_exactly_once.py).
+    Past finish_chunk, not before it: a commit slipped in anywhere ahead of the done mark
+    then leaves the data change committed and the chunk not done, and the test sees it run
+    twice."""
+    if flag is None:
+        return
+    try:
+        os.unlink(flag)  # once: of several processes, the one that removes it dies
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _add(first: Mapping[str, Any], again: Mapping[str, Any]) -> dict[str, Any]:

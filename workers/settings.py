@@ -63,6 +63,9 @@ class Settings:
     worker_memory_mb: int | None = None
     phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
     encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
+    # TEST ONLY (FERRY_TEST_KILL_ONCE): a file whose existence makes one worker process kill
+    # itself between a chunk's done mark and its COMMIT (see execution._test_kill_point).
+    test_kill_once: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,6 +78,7 @@ class Settings:
             "mask_key": env.get("FERRY_MASK_KEY") or None,
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
+            "test_kill_once": env.get("FERRY_TEST_KILL_ONCE") or None,
         }
         commit = env.get("FERRY_SYNCHRONOUS_COMMIT")
         if commit:
