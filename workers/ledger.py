@@ -253,8 +253,21 @@ class Ledger:
         conn.commit()
         return row
 
-    def release(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
+    def release(
+        self, run_id: int, chunk_no: int, err: ChunkError, lock_timeout_ms: int | None = None
+    ) -> None:
+        """Hand a chunk that failed transiently back to pending, for its retry.
+
+        With ``lock_timeout_ms``, waiting no longer than that for the chunk's row: when a live
+        transaction holds it (the failure was this delivery's claim, timed out behind another
+        worker at the chunk) the release is not this worker's to make, and a worker process
+        must not wait on it; the chunk stays with its holder, or its lease, for the sweeper.
+        """
         with self.db.transaction() as conn:
+            if lock_timeout_ms is not None:
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",)
+                )
             conn.execute(q("release_chunk"), self._failure(run_id, chunk_no, err))
 
     def fail(

@@ -34,7 +34,7 @@ def _transient(
 ) -> Any:
     if release:
         try:
-            rt.ledger.release(run_id, chunk_no, exc)
+            rt.ledger.release(run_id, chunk_no, exc, rt.settings.lock_timeout_ms)
         except Exception as err:  # the database may be the thing that is down
             log.warning("could not release chunk %s/%s: %s", run_id, chunk_no, type(err).__name__)
     rt.progress.error(run_id, chunk_no, "retry", str(exc))

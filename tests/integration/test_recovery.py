@@ -230,18 +230,16 @@ def test_a_claim_waits_on_the_chunk_row_no_longer_than_lock_timeout(
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
 ) -> None:
-    """Another transaction holds the chunk's ledger row (a rollback, a stuck duplicate): the
-    claim gives up after FERRY_LOCK_TIMEOUT_MS with 55P03, a transient error, instead of
-    holding the worker process for as long as the other transaction lives. The claim changed
-    nothing: the chunk is still pending, never attempted. No worker consumes the test's queue."""
+    """Another worker's live chunk transaction holds the chunk's ledger row (a duplicate
+    delivery meets it): this delivery's claim gives up after FERRY_LOCK_TIMEOUT_MS with
+    55P03, a transient error, instead of holding the worker process for as long as the other
+    transaction lives; so does the release the task makes before its retry (the chunk is not
+    this delivery's to hand back). Neither changed anything: the chunk is still the live
+    worker's. No worker consumes the test's queue."""
     from migrations.errors import TransientChunkError
 
     make_numbers_table(db, "claimwait", 100)
     run_id = launch(own_env, f"{slow_spec(tmp_path, 'claimwait', 100)}:s")
-    holder = psycopg.connect(database_url)
-    holder.execute(
-        "SELECT 1 FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0 FOR UPDATE", (run_id,)
-    )
     executor = _executor(own_env, monkeypatch, "pytest:cw")  # lock_timeout: 500 ms
     outcome: dict[str, Any] = {}
 
@@ -253,23 +251,50 @@ def test_a_claim_waits_on_the_chunk_row_no_longer_than_lock_timeout(
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - started
 
-    thread = threading.Thread(target=claim, daemon=True)
-    thread.start()
-    thread.join(10)
-    waited_on = thread.is_alive()
-    holder.rollback()  # frees a claim that would otherwise wait for as long as the holder
-    holder.close()
-    thread.join(30)
+    with psycopg.connect(database_url) as live:
+        assert executor.ledger.claim(live, run_id, 0, "pytest:live", 60, 10_000, 500)
+        live.execute(  # what the live worker's chunk transaction holds
+            "SELECT 1 FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0 FOR NO KEY UPDATE",
+            (run_id,),
+        )
+        thread = threading.Thread(target=claim, daemon=True)
+        thread.start()
+        thread.join(10)
+        waited_on = thread.is_alive()
+        release = threading.Thread(
+            target=_release, args=(executor.ledger, run_id, outcome), daemon=True
+        )
+        release.start()
+        release.join(10)
+        release_waited_on = release.is_alive()
+        live.rollback()  # frees a claim or release that would wait as long as the holder
+        thread.join(30)
+        release.join(30)
+    assert not release_waited_on, "the release waited on the chunk's row past lock_timeout"
+    assert isinstance(outcome.get("release"), psycopg.errors.LockNotAvailable), outcome
     assert not waited_on, "the claim waited on the chunk's row past its lock_timeout"
     err = outcome.get("error")
     assert isinstance(err, TransientChunkError), outcome
     assert err.sqlstate == "55P03"
-    assert outcome["seconds"] < 5
+    assert outcome["seconds"] < 5 and outcome["release_seconds"] < 5
     chunk = db.execute(
-        "SELECT status, attempts FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0", (run_id,)
+        "SELECT status, attempts, worker FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0",
+        (run_id,),
     ).fetchone()
-    assert chunk == ("pending", 0)
+    assert chunk == ("running", 1, "pytest:live")
     ferry("cancel", str(run_id), env=own_env, check=True)
+
+
+def _release(ledger: Any, run_id: int, outcome: dict[str, Any]) -> None:
+    """What a task does after a transient failure, timed into ``outcome``."""
+    from migrations.errors import TransientChunkError
+
+    started = time.monotonic()
+    try:
+        ledger.release(run_id, 0, TransientChunkError("claim timed out"), 300)
+    except BaseException as exc:  # judged in the test's thread
+        outcome["release"] = exc
+    outcome["release_seconds"] = time.monotonic() - started
 
 
 def _executor(
