@@ -4,11 +4,13 @@ Done once, at the boundary where a chunk transaction fails. The message kept
 is safe to store and show: SQLSTATE, the error class, the primary message
 with every quoted literal masked, and the names (never values) PostgreSQL
 reports in its diagnostics. DETAIL is dropped: it is where values live.
-``report`` gives the plan's MigrationError for a failure.
+``report`` gives the plan's MigrationError for a failure; ``stop_reason`` says when one
+failure (or the run's failures together) should stop the whole run at once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -22,12 +24,62 @@ from migrations.errors import (
 )
 from migrations.masking import mask_free_text, mask_text
 
-__all__ = ["RuleFailure", "classify", "describe", "report"]
+__all__ = ["Breaker", "RuleFailure", "classify", "describe", "report", "stop_reason"]
 
 # Retrying can succeed: serialization, deadlock, lock timeout, statement timeout,
 # operator intervention, connection exceptions, insufficient resources.
 TRANSIENT_CLASSES = ("40", "08", "53", "57")
 TRANSIENT_CODES = frozenset({"55P03", "55006"})
+# Errors no retry can fix and every other chunk of the run will meet as well: the chunk's
+# statement no longer fits the database (42: undefined table 42P01, column 42703, function
+# 42883, datatype mismatch 42804, insufficient privilege 42501, ...), its schema or database
+# is gone (3F, 3D), a feature is not supported (0A), the role may not log in (28). A data
+# error (22, 23) depends on the chunk's rows: it fails that chunk only, and the breaker
+# (``Breaker``) judges how many such chunks a run may lose.
+SYSTEMIC_CLASSES = ("0A", "28", "3D", "3F", "42")
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """The failure-ratio breaker: a run stops once at least ``min_chunks`` of its chunks have
+    settled (done or failed) and more than ``ratio`` of them failed (GitLab's batched
+    migrations: more than half of at least 50 jobs). ``min_chunks`` 0 turns it off.
+
+    Chunks fail only after their retries (or at once for a permanent error), so a failed
+    chunk is a real loss; past half of them, the rest are far likelier to fail the same way
+    than to succeed, and each costs a worker and a transaction for nothing.
+    """
+
+    min_chunks: int = 10
+    ratio: float = 0.5
+
+    def trips(self, done: int, failed: int) -> bool:
+        settled = done + failed
+        return 0 < self.min_chunks <= settled and failed > self.ratio * settled
+
+
+def stop_reason(
+    err: ChunkError, chunk_no: int, done: int, failed: int, breaker: Breaker | None
+) -> tuple[str, str] | None:
+    """(alert type, message) when chunk ``chunk_no`` failing with ``err`` must stop its run
+    now, ``done`` and ``failed`` being the run's chunks counted with this one failed; None
+    when the run goes on. Messages carry SQLSTATEs and masked text only (see ``describe``)."""
+    code = err.sqlstate or ""
+    after = "the chunks not run are left pending: fix the cause, then `ferry retry RUN`"
+    if code[:2] in SYSTEMIC_CLASSES:
+        return (
+            "run_stopped",
+            f"run stopped: chunk {chunk_no} failed with an error no retry can fix ({err}); "
+            + after,
+        )
+    if breaker is not None and breaker.trips(done, failed):
+        return (
+            "failure_breaker",
+            f"run stopped: {failed} of {done + failed} settled chunks failed, more than "
+            f"{breaker.ratio:.0%} of at least {breaker.min_chunks} (FERRY_BREAKER_RATIO, "
+            f"FERRY_BREAKER_MIN_CHUNKS); last: chunk {chunk_no}: {err}; " + after,
+        )
+    return None
 
 
 def describe(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ connection; the rest open their own short transaction.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import socket
 import time
@@ -19,13 +20,14 @@ from psycopg.types.json import Jsonb
 
 from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
 from workers.db import Database
-from workers.failures import report
+from workers.failures import Breaker, report, stop_reason
 from workers.limits import Limits
 from workers.model import Run
 from workers.queries import ledger_migrations, queries
 
 LEDGER_LOCK = 0x66657272  # "ferr": advisory lock key for ledger migrations
 Conn = psycopg.Connection[Any]
+log = logging.getLogger("ferry.ledger")
 
 
 def q(name: str) -> str:
@@ -224,9 +226,14 @@ class Ledger:
         worker: str,
         lease: float,
         idle_timeout_ms: int,
+        lock_timeout_ms: int,
     ) -> Mapping[str, Any] | None:
         """Mark the chunk running under a lease, committed on ``conn`` before its work starts
-        (the sweeper must see the lease while the chunk transaction runs)."""
+        (the sweeper must see the lease while the chunk transaction runs).
+
+        The claim waits for a live transaction on the chunk's row (a duplicate delivery, a
+        rollback), but no longer than ``lock_timeout_ms``: past it the claim fails with 55P03,
+        a transient error, and the task retries later instead of holding a worker process."""
         conn.rollback()
         # Not pipelined: a client cut off between a pipeline's statements and its Sync leaves
         # its backend holding the locks taken so far, waiting with no idle timeout armed (seen
@@ -235,8 +242,9 @@ class Ledger:
         # need not wait for a WAL flush.
         conn.execute(
             "SELECT set_config('synchronous_commit', 'off', true),"
-            " set_config('idle_in_transaction_session_timeout', %s, true)",
-            (f"{idle_timeout_ms}ms",),
+            " set_config('idle_in_transaction_session_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true)",
+            (f"{idle_timeout_ms}ms", f"{lock_timeout_ms}ms"),
         )
         row = conn.execute(
             q("claim_chunk"),
@@ -245,18 +253,56 @@ class Ledger:
         conn.commit()
         return row
 
-    def release(self, run_id: int, chunk_no: int, err: ChunkError) -> None:
+    def release(
+        self, run_id: int, chunk_no: int, err: ChunkError, lock_timeout_ms: int | None = None
+    ) -> None:
+        """Hand a chunk that failed transiently back to pending, for its retry.
+
+        With ``lock_timeout_ms``, waiting no longer than that for the chunk's row: when a live
+        transaction holds it (the failure was this delivery's claim, timed out behind another
+        worker at the chunk) the release is not this worker's to make, and a worker process
+        must not wait on it; the chunk stays with its holder, or its lease, for the sweeper.
+        """
         with self.db.transaction() as conn:
+            if lock_timeout_ms is not None:
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",)
+                )
             conn.execute(q("release_chunk"), self._failure(run_id, chunk_no, err))
 
-    def fail(self, run_id: int, chunk_no: int, err: ChunkError, window: int) -> list[int]:
-        """Mark the chunk failed; the chunks it releases (to send once this returns)."""
+    def fail(
+        self,
+        run_id: int,
+        chunk_no: int,
+        err: ChunkError,
+        window: int,
+        breaker: Breaker | None = None,
+    ) -> list[int]:
+        """Mark the chunk failed; the chunks it releases (to send once this returns).
+
+        A rule with action ``fail``, an error no retry can fix, or the breaker tripping
+        stops the run instead (status ``failed``, with an alert that says why): nothing more
+        is released, chunks in flight hand themselves back, and every chunk not run stays
+        pending for ``ferry retry`` once the cause is fixed (see ``failures.stop_reason``).
+        """
         with self.db.transaction() as conn:
             conn.execute(q("fail_chunk"), self._failure(run_id, chunk_no, err))
             if isinstance(err, RuleFailure):
                 conn.execute(q("stop_run"), {"run_id": run_id, "error": str(err)})
                 return []
-            return self._release(conn, run_id, window)
+            tally = conn.execute(q("chunk_tally"), {"run_id": run_id}).fetchone()
+            assert tally is not None
+            stop = stop_reason(err, chunk_no, tally["done"], tally["failed"], breaker)
+            if stop is None:
+                return self._release(conn, run_id, window)
+            kind, message = stop
+            stopped = conn.execute(
+                q("stop_run_alerting"),
+                {"run_id": run_id, "error": message, "type": kind, "message": message},
+            ).fetchone()
+            if stopped is not None:
+                log.warning("run %s stopped (%s) after chunk %s failed", run_id, kind, chunk_no)
+            return []
 
     def release_window(self, run_id: int, window: int, *, again: bool = False) -> list[int]:
         """Mark the run's next held-back chunks sent, up to ``window`` sent and unsettled;

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from migrations.classification import parse_setting as parse_phi_setting
 from migrations.errors import BadInput
 from workers.encryption import check_key
+from workers.failures import Breaker
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
@@ -37,6 +38,11 @@ class Settings:
     # A chunk transaction left idle (its worker cut off mid-chunk) ends after this, freeing its
     # locks so the sweeper can re-queue the chunk; None: the lease. FERRY_IDLE_TIMEOUT_MS.
     idle_timeout_ms: int | None = None
+    # How long a chunk's transform and Python rules may keep its transaction's session alive
+    # (workers.keepalive): past it the session idles out and the chunk fails. The default is
+    # the visibility timeout's: a task running longer is delivered again meanwhile anyway.
+    # FERRY_TRANSFORM_TIMEOUT, seconds.
+    transform_timeout: float = 900.0
     # synchronous_commit of chunk transactions (FERRY_SYNCHRONOUS_COMMIT). "off" is safe: a
     # chunk's rows, pre-images and done mark commit together, so a commit lost in a server
     # crash is a chunk still pending in the recovered ledger, which runs again, and any later
@@ -45,6 +51,11 @@ class Settings:
     # but writes less durable than the application's are the DBA's to ask for: "on" stays.
     synchronous_commit: str = "on"
     max_attempts: int = 6
+    # The failure breaker (workers.failures.Breaker): a run stops once at least this many of
+    # its chunks settled and more than this share of them failed. FERRY_BREAKER_MIN_CHUNKS
+    # (0: off), FERRY_BREAKER_RATIO (0 to 1, exclusive of 1).
+    breaker_min_chunks: int = 10
+    breaker_ratio: float = 0.5
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     visibility_timeout: int = 900
@@ -52,6 +63,9 @@ class Settings:
     worker_memory_mb: int | None = None
     phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
     encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
+    # TEST ONLY (FERRY_TEST_KILL_ONCE): a file whose existence makes one worker process kill
+    # itself between a chunk's done mark and its COMMIT (see execution._test_kill_point).
+    test_kill_once: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -64,6 +78,7 @@ class Settings:
             "mask_key": env.get("FERRY_MASK_KEY") or None,
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
+            "test_kill_once": env.get("FERRY_TEST_KILL_ONCE") or None,
         }
         commit = env.get("FERRY_SYNCHRONOUS_COMMIT")
         if commit:
@@ -84,6 +99,9 @@ class Settings:
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
             "worker_memory_mb": ("FERRY_WORKER_MEMORY_MB", int),
             "idle_timeout_ms": ("FERRY_IDLE_TIMEOUT_MS", int),
+            "transform_timeout": ("FERRY_TRANSFORM_TIMEOUT", float),
+            "breaker_min_chunks": ("FERRY_BREAKER_MIN_CHUNKS", int),
+            "breaker_ratio": ("FERRY_BREAKER_RATIO", float),
         }
         for attr, (name, kind) in numeric.items():
             raw = env.get(name)
@@ -93,7 +111,22 @@ class Settings:
                 except ValueError:
                     raise BadInput(f"{name} must be a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse values that would make the chunk machinery misbehave rather than fail."""
+        if not self.transform_timeout > 0:  # NaN too
+            raise BadInput("FERRY_TRANSFORM_TIMEOUT must be a number of seconds above 0")
+        if self.breaker_min_chunks < 0:
+            raise BadInput("FERRY_BREAKER_MIN_CHUNKS must be 0 (off) or more")
+        if not 0 <= self.breaker_ratio < 1:  # NaN fails both comparisons
+            raise BadInput("FERRY_BREAKER_RATIO must be at least 0 and less than 1")
+
+    @property
+    def breaker(self) -> Breaker:
+        return Breaker(min_chunks=self.breaker_min_chunks, ratio=self.breaker_ratio)
 
     @property
     def idle_in_transaction_timeout_ms(self) -> int:
@@ -103,6 +136,8 @@ class Settings:
         the chunk's ledger row and the rows' locks; the sweeper skips locked chunks, so until
         PostgreSQL ends that session nobody can re-run the chunk (and the application waits on
         its rows). Tying the two means a lost worker's chunk runs again about a lease later.
+        A live worker's transform may run longer: it keeps the session alive meanwhile
+        (``workers.keepalive``, up to ``transform_timeout``).
         """
         if self.idle_timeout_ms:
             return self.idle_timeout_ms

@@ -34,7 +34,7 @@ def _transient(
 ) -> Any:
     if release:
         try:
-            rt.ledger.release(run_id, chunk_no, exc)
+            rt.ledger.release(run_id, chunk_no, exc, rt.settings.lock_timeout_ms)
         except Exception as err:  # the database may be the thing that is down
             log.warning("could not release chunk %s/%s: %s", run_id, chunk_no, type(err).__name__)
     rt.progress.error(run_id, chunk_no, "retry", str(exc))
@@ -73,7 +73,7 @@ def _fail(rt: Runtime, run_id: int, chunk_no: int, exc: PermanentChunkError) -> 
     """Fail the chunk; like a done one, it releases the run's next chunk to the broker."""
     run = rt.ledger.get_run(run_id)
     window = Limits.from_json(run.params.get("limits")).window
-    released = rt.ledger.fail(run_id, chunk_no, exc, window)
+    released = rt.ledger.fail(run_id, chunk_no, exc, window, rt.settings.breaker)
     rt.executor.send_released(run_id, released, run.params.get("queue"))
 
 

@@ -165,6 +165,18 @@ SELECT EXISTS (SELECT 1 FROM ferry.chunks
 UPDATE ferry.runs SET status = 'failed', error = %(error)s, finished_at = clock_timestamp()
  WHERE id = %(run_id)s AND status = 'running';
 
+-- name: stop_run_alerting
+-- A run stopped by a worker (an error no retry can fix, the failure breaker): failed, with
+-- the alert `ferry status` shows, raised once whichever of several failing workers stops it.
+WITH stopped AS (
+    UPDATE ferry.runs SET status = 'failed', error = %(error)s, finished_at = clock_timestamp()
+     WHERE id = %(run_id)s AND status = 'running'
+    RETURNING id
+)
+INSERT INTO ferry.alerts (run_id, type, message)
+SELECT id, %(type)s, %(message)s FROM stopped
+RETURNING run_id;
+
 -- name: lock_run
 SELECT status, walk_to IS NOT NULL AS walking FROM ferry.runs WHERE id = %(run_id)s FOR UPDATE;
 
