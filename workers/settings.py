@@ -45,6 +45,9 @@ class Settings:
     # but writes less durable than the application's are the DBA's to ask for: "on" stays.
     synchronous_commit: str = "on"
     max_attempts: int = 6
+    # Attempts at restoring one chunk before its rollback fails for good (transient errors
+    # only: a permanent one, such as a dropped table, fails at once). FERRY_ROLLBACK_MAX_ATTEMPTS.
+    rollback_max_attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     visibility_timeout: int = 900
@@ -79,6 +82,7 @@ class Settings:
             "lock_timeout_ms": ("FERRY_LOCK_TIMEOUT_MS", int),
             "statement_timeout_ms": ("FERRY_STATEMENT_TIMEOUT_MS", int),
             "max_attempts": ("FERRY_MAX_ATTEMPTS", int),
+            "rollback_max_attempts": ("FERRY_ROLLBACK_MAX_ATTEMPTS", int),
             "backoff_base": ("FERRY_BACKOFF_BASE", float),
             "backoff_max": ("FERRY_BACKOFF_MAX", float),
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),
