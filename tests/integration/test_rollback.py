@@ -14,9 +14,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from tests.conftest import WorkerPool, ferry
 from tests.helpers import chunk_counts, copy_table, launch, make_numbers_table, spec_file, wait_run
+from workers.model import RunSpec
+from workers.restore import _restore
+from workers.settings import Settings
+from workers.statements import Statements
 
 SCORE_SPEC = """
 score = Backfill(table="{table}", key="id", reads=["a", "b", "name"], writes=["score", "code"],
@@ -299,3 +304,90 @@ def test_rollback_of_a_dropped_table_ends_rollback_failed(
     health = json.loads(status.stdout)
     assert health["status"] == "failed" and health["run_status"] == "rollback_failed"
     assert health["rollback"]["failed_chunks"] == 5
+
+
+def test_restore_retries_are_capped_and_the_rollback_can_start_again(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The application holds a row lock for longer than every retry: the chunk's restore
+    times out (55P03, transient) FERRY_ROLLBACK_MAX_ATTEMPTS times and no more, the run ends
+    rollback_failed; once the lock is gone, ``ferry rollback`` again finishes the job."""
+    own_env["FERRY_ROLLBACK_MAX_ATTEMPTS"] = "2"  # read by the worker started below
+    own_env["FERRY_LOCK_TIMEOUT_MS"] = "100"
+    table = "rb_locked"
+    make_numbers_table(db, table, 300)
+    copy_table(db, table, f"{table}_orig")
+    pool.start("l0")
+    run_id = launch(own_env, f"{spec_file(tmp_path, SCORE_SPEC.format(table=table))}:score")
+    assert wait_run(db, run_id) == "completed"
+    with psycopg.connect(database_url) as holder:
+        holder.execute(f"SELECT 1 FROM {table} WHERE id = 150 FOR UPDATE")
+        rb = _rollback_wait(own_env, run_id)
+        assert rb.returncode == 1, rb.stdout + rb.stderr
+        assert "1 chunk(s) could not be restored: 55P03" in rb.stderr
+        chunks = db.execute(
+            "SELECT chunk_no, status, restore_attempts, left(restore_error, 5)"
+            " FROM ferry.chunks WHERE run_id = %s ORDER BY chunk_no",
+            (run_id,),
+        ).fetchall()
+        assert chunks == [
+            (0, "rolled_back", 0, None),
+            (1, "done", 2, "55P03"),
+            (2, "rolled_back", 0, None),
+        ]
+        assert _settled(db, run_id, timeout=5) == "rollback_failed"
+        holder.rollback()
+    again = _rollback_wait(own_env, run_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "restored 300 row(s) in 3 chunk(s)" in again.stdout
+    assert _settled(db, run_id, timeout=5) == "rolled_back"
+    assert _differing(db, table, f"{table}_orig") == []
+
+
+@pytest.mark.usefixtures("workers")
+def test_a_restore_left_idle_ends_and_frees_its_rows(
+    db: psycopg.Connection[Any], env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    """A worker cut off mid-restore leaves its transaction idle holding the rows' locks: the
+    restore transaction's idle_in_transaction_session_timeout ends it, and the chunk is still
+    there to restore."""
+    table = "rb_idle"
+    make_numbers_table(db, table, 100)
+    run_id = launch(env, f"{spec_file(tmp_path, SCORE_SPEC.format(table=table))}:score")
+    assert wait_run(db, run_id) == "completed"
+    spec = db.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+    assert spec is not None
+    settings = Settings(database_url=database_url, idle_timeout_ms=500)
+    statements = Statements(RunSpec.from_dict(spec[0]), run_id)
+    # not a context manager: leaving one would commit on a session the server has ended
+    cut_off = psycopg.connect(database_url, row_factory=dict_row)
+    try:
+        pid = cut_off.info.backend_pid
+        ids = {"run_id": run_id, "chunk_no": 0}
+        result = _restore(cut_off, statements, settings, ids, force=False, mask_key=None)
+        assert result.rows_written == 100  # restored, not committed: the worker is "gone"
+        locked = db.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = %s::regclass",
+            (pid, table),
+        ).fetchone()
+        assert locked is not None and locked[0] > 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if alive == (0,):
+                break
+            time.sleep(0.1)
+        assert alive == (0,)
+    finally:
+        cut_off.close()
+    assert db.execute(
+        "SELECT status FROM ferry.chunks WHERE run_id = %s AND chunk_no = 0", (run_id,)
+    ).fetchone() == ("done",)
+    free = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} FOR UPDATE NOWAIT) s")
+    assert free.fetchone() == (100,)
