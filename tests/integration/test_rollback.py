@@ -7,6 +7,7 @@ row on its text form (``t::text``) with a copy taken before the run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from tests.conftest import WorkerPool, ferry
@@ -391,3 +394,68 @@ def test_a_restore_left_idle_ends_and_frees_its_rows(
     ).fetchone() == ("done",)
     free = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} FOR UPDATE NOWAIT) s")
     assert free.fetchone() == (100,)
+
+
+# -- randomized: PostgreSQL as the oracle ------------------------------------------------------
+EXAMPLES = int(os.environ.get("FERRY_ROLLBACK_EXAMPLES", "6"))
+PROPERTY_SPEC = """
+prop = Backfill(table="{table}", key="id", reads=["s", "n", "f"], writes=["s", "n", "f"],
+                sql={{"s": "s || 'é'", "n": "n * 2", "f": "f * 2"}}, chunk_size={chunk})
+"""
+texts = st.one_of(
+    st.none(),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+    st.sampled_from(["\\", "\\N", "a\tb\nc", "ünï\\x", ""]),
+)
+numerics = st.one_of(
+    st.none(),
+    st.integers(0, 6).flatmap(
+        lambda places: st.decimals(allow_nan=False, allow_infinity=False, places=places)
+    ),
+    st.sampled_from(["NaN", "-0.000", "1.10", "9" * 1000, "-" + "1" * 999 + ".5"]),
+)
+floats = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.just(-0.0))
+_counter = iter(range(10**6))
+
+
+@pytest.mark.usefixtures("workers")
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(st.tuples(texts, numerics, floats), min_size=1, max_size=40),
+    chunk=st.integers(3, 25),
+)
+def test_run_then_rollback_gives_every_byte_back(
+    rows: list[tuple[str | None, Any, float | None]],
+    chunk: int,
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Random text (unicode, backslashes), numerics (NaN, 1000 digits, scales), floats (NaN,
+    ±Infinity, -0) and NULLs: the run writes what PostgreSQL computes, and its rollback gives
+    every row back byte-identical (``t::text``)."""
+    table = f"rb_prop_{next(_counter)}"
+    db.execute(f"DROP TABLE IF EXISTS {table}")
+    db.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, s text, n numeric, f float8)")
+    with db.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {table} VALUES (%s, %s, %s::numeric, %s)",
+            [(i + 1, s, None if n is None else str(n), f) for i, (s, n, f) in enumerate(rows)],
+        )
+    copy_table(db, table, f"{table}_orig")
+    copy_table(db, table, f"{table}_want")
+    db.execute(f"UPDATE {table}_want SET s = s || 'é', n = n * 2, f = f * 2")
+    path = spec_file(tmp_path, PROPERTY_SPEC.format(table=table, chunk=chunk), f"{table}.py")
+    run_id = launch(env, f"{path}:prop")
+    assert wait_run(db, run_id) == "completed"
+    assert _differing(db, table, f"{table}_want") == []
+    rb = _rollback_wait(env, run_id)
+    assert rb.returncode == 0, rb.stdout + rb.stderr
+    assert _differing(db, table, f"{table}_orig") == []
+    for name in (table, f"{table}_orig", f"{table}_want"):
+        db.execute(f"DROP TABLE {name}")
