@@ -6,8 +6,10 @@ row on its text form (``t::text``) with a copy taken before the run.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -459,3 +461,43 @@ def test_run_then_rollback_gives_every_byte_back(
     assert _differing(db, table, f"{table}_orig") == []
     for name in (table, f"{table}_orig", f"{table}_want"):
         db.execute(f"DROP TABLE {name}")
+
+
+def test_encrypted_run_with_a_phi_key_compares_sealed_post_images(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """An encrypted run keeps its post-images sealed like its pre-images; the rollback still
+    tells the application's correction from the run's write, and records the row by a masked
+    key (the key column is PHI), never by its value."""
+    own_env["FERRY_ENCRYPTION_KEY"] = base64.b64encode(os.urandom(32)).decode()
+    own_env["FERRY_PHI_COLUMNS"] = "rb_sealed.id"
+    table = "rb_sealed"
+    make_numbers_table(db, table, 250)
+    copy_table(db, table, f"{table}_orig")
+    pool.start("s0")
+    run_id = launch(own_env, f"{spec_file(tmp_path, SCORE_SPEC.format(table=table))}:score")
+    assert wait_run(db, run_id) == "completed"
+    types = db.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attname IN ('score', '__ferry_n0') ORDER BY 1",
+        (f"ferry.backup_{run_id}",),
+    ).fetchall()
+    assert types == [("__ferry_n0", "bytea[]"), ("score", "bytea[]")]
+    db.execute(f"UPDATE {table} SET score = -1 WHERE id = 42")
+    db.execute(f"DELETE FROM {table} WHERE id = 43")
+    rb = _rollback_wait(own_env, run_id)
+    assert rb.returncode == 1, rb.stdout + rb.stderr
+    assert _differing(db, table, f"{table}_orig") == [42, 43]
+    conflicts = db.execute(
+        "SELECT row_key, kind, columns FROM ferry.rollback_conflicts WHERE run_id = %s "
+        "ORDER BY kind",
+        (run_id,),
+    ).fetchall()
+    assert [(c[1], c[2]) for c in conflicts] == [("changed", ["score"]), ("deleted", [])]
+    assert all(re.fullmatch(r"\*\*\*[0-9a-f]{8}", c[0]) for c in conflicts)
+    forced = _rollback_wait(own_env, run_id, "--force")
+    assert forced.returncode == 1, forced.stdout + forced.stderr  # 43 stays deleted
+    assert _differing(db, table, f"{table}_orig") == [43]
