@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from migrations.errors import FerryError, PermanentChunkError, TransientChunkError
+from migrations.errors import ChunkError, FerryError, PermanentChunkError, TransientChunkError
 from workers.db import Database
 from workers.failures import classify
 from workers.ledger import Ledger, q
@@ -59,9 +59,10 @@ def restore_chunk(
 
 
 def _record_failure(
-    db: Database, settings: Settings, run_id: int, chunk_no: int, err: FerryError
+    db: Database, settings: Settings, run_id: int, chunk_no: int, err: ChunkError
 ) -> bool:
-    """Count the failed attempt on the chunk; True when no retry is to follow."""
+    """Count the failed attempt on the chunk (its count drives the retry's backoff); True
+    when no retry is to follow."""
     permanent = not isinstance(err, TransientChunkError)
     try:
         with db.transaction() as conn:
@@ -77,7 +78,10 @@ def _record_failure(
             ).fetchone()
     except psycopg.Error:  # the ledger is out of reach too: the task retries the whole thing
         return permanent
-    return permanent if row is None else bool(row["final"])
+    if row is None:
+        return permanent
+    err.attempt = int(row["restore_attempts"])
+    return bool(row["final"])
 
 
 def _audit_overwrites(
