@@ -284,6 +284,7 @@ def status(
                 "failed",
                 "cancelled",
                 "rolled_back",
+                "rollback_failed",
             ):
                 break
             time.sleep(2)
@@ -295,25 +296,60 @@ def status(
 @click.argument("run_id", type=int)
 @click.option("--chunk", "chunk_no", type=int, help="Roll back this chunk only.")
 @click.option("--wait", is_flag=True, help="Follow until the rollback ends.")
-@click.option("--force", is_flag=True, help="Even if a later run wrote the same columns.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Restore rows the application changed since (audited), and over a later run's writes.",
+)
 @click.pass_obj
 @_guarded
 def rollback(
     obj: dict[str, Any], run_id: int, chunk_no: int | None, wait: bool, force: bool
 ) -> None:
-    """Restore the pre-images of a run (or one chunk), newest chunk first."""
+    """Restore the pre-images of a run (or one chunk), newest chunk first.
+
+    A row is restored only where it still holds what the run wrote: rows the application
+    changed since are left as they are and counted (`--force` restores them too), rows it
+    deleted are not re-inserted. Without --wait the chunks are dispatched and `ferry status`
+    reports the outcome; with --wait: exit 0 when every row was restored, 1 when rows were
+    left to the application or a chunk could not be restored (run `rollback_failed`).
+    """
     with _context(obj) as ctx:
         result = commands.rollback(ctx, run_id, chunk_no=chunk_no, force=force)
         click.echo(f"rolling back {result['chunks']} chunk(s) of run {run_id}")
-        if wait:
-            status = render.follow(
-                result["chunks"] if chunk_no is None else 1,
-                commands.poller(ctx, run_id, chunk_no=chunk_no),
-                f"rollback {run_id}",
-            )
-            click.echo(
-                f"run {run_id}: {status}" if chunk_no is None else f"chunk {chunk_no}: {status}"
-            )
+        if not wait:
+            return
+        status = render.follow(
+            result["chunks"] if chunk_no is None else 1,
+            commands.poller(ctx, run_id, chunk_no=chunk_no),
+            f"rollback {run_id}",
+        )
+        click.echo(f"run {run_id}: {status}" if chunk_no is None else f"chunk {chunk_no}: {status}")
+        done = commands.rollback_result(ctx, run_id, chunk_no)
+    click.echo(f"restored {done['restored']:,} row(s) in {done['chunks']:,} chunk(s)")
+    if done["overwritten"]:
+        click.echo(
+            f"{done['overwritten']:,} row(s) the application changed since were restored anyway "
+            "(--force; recorded in the audit log)"
+        )
+    if done["kept"]:
+        click.echo(
+            f"{done['kept']:,} row(s) the application changed since were left as they are "
+            f"(ferry.rollback_conflicts; `ferry rollback {run_id} --force` restores them)",
+            err=True,
+        )
+    if done["gone"]:
+        click.echo(
+            f"{done['gone']:,} row(s) the application deleted since were not re-inserted",
+            err=True,
+        )
+    if done["failed_chunks"]:
+        click.echo(
+            f"{done['failed_chunks']:,} chunk(s) could not be restored: {done['error']}",
+            err=True,
+        )
+    if status != "rolled_back" or done["kept"] or done["gone"] or done["failed_chunks"]:
+        sys.exit(1)
 
 
 @main.command()

@@ -273,7 +273,9 @@ def _prepare(
             layout = pre_image_layout(
                 per_row, spec.chunk_size, arrays=any(t.endswith("]") for t in saved)
             )
-            spec = replace(spec, extra={**spec.extra, "pre_images": layout})
+            # post_images: what each chunk wrote is kept beside its pre-images, so a rollback
+            # restores only rows the application has not changed since (workers.restore_sql).
+            spec = replace(spec, extra={**spec.extra, "pre_images": layout, "post_images": True})
             run_id = ctx.ledger.create_run(
                 conn, backfill=reference, spec=spec.to_dict(), params=params, actor=settings.actor
             )
@@ -520,10 +522,18 @@ def retry(ctx: Context, run_id: int) -> dict[str, Any]:
 def rollback(
     ctx: Context, run_id: int, *, chunk_no: int | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Restore pre-images, newest chunk first, as Celery tasks."""
+    """Restore pre-images, newest chunk first, as Celery tasks.
+
+    Every chunk holding pre-images is restored, a quarantine re-run's included: pending
+    re-runs are cancelled (their chunk done again) in the transaction that starts the
+    rollback. Rows the application changed since their chunk are left as they are and
+    recorded (``rollback_result``); ``force`` restores them too (and restores over a later
+    run's writes), each chunk's overwrites audited by the worker that restores it.
+    """
     with ctx.db.transaction() as conn:
         run = ctx.ledger.get_run(run_id, conn)
-        if run.status in ("rolled_back", "planning"):
+        again = run.status == "rolled_back" and force
+        if run.status == "planning" or (run.status == "rolled_back" and not force):
             raise CheckFailed(f"run {run_id} is {run.status}; nothing to roll back")
         check_not_purged(conn, run_id)
         if not force:
@@ -541,11 +551,23 @@ def rollback(
                     f"run {later['id']} ran later over the same columns; roll it back first "
                     "(or pass --force)"
                 )
-        if chunk_no is None:
+        if again:  # rows left to the application by the rollback: restored now
+            conn.execute(q("lock_run"), {"run_id": run_id})
+            if not conn.execute(
+                q("reopen_kept_chunks"), {"run_id": run_id, "chunk_no": chunk_no}
+            ).fetchall():
+                raise CheckFailed(f"run {run_id} is rolled_back and left no row to restore")
+            ctx.ledger.set_run_status(conn, run_id, "rolling_back", [run.status])
+        elif chunk_no is None:
             conn.execute(q("lock_run"), {"run_id": run_id})
             ctx.ledger.set_run_status(conn, run_id, "rolling_back", [run.status])
             conn.execute(q("cancel_pending_for_rollback"), {"run_id": run_id})
             ctx.ledger.record_walk(conn, run_id, 0, None, None)  # no chunk more to record
+        conn.execute(q("reset_restore_failures"), {"run_id": run_id, "chunk_no": chunk_no})
+        conn.execute(
+            q("set_rollback_force"),
+            {"run_id": run_id, "force": force, "actor": ctx.settings.actor},
+        )
         order = [
             r["chunk_no"]
             for r in conn.execute(q("rollback_order"), {"run_id": run_id, "chunk_no": chunk_no})
@@ -566,11 +588,34 @@ def rollback(
 
 
 def chunk_status(ctx: Context, run_id: int, chunk_no: int) -> str:
+    """The chunk's status; ``rollback_failed`` for a done chunk whose restore failed for good."""
     with ctx.db.transaction() as conn:
-        row = conn.execute(q("get_chunk"), {"run_id": run_id, "chunk_no": chunk_no}).fetchone()
+        row = conn.execute(
+            q("chunk_restore_state"), {"run_id": run_id, "chunk_no": chunk_no}
+        ).fetchone()
     if row is None:
         raise BadInput(f"run {run_id} has no chunk {chunk_no}")
-    return str(row["status"])
+    return "rollback_failed" if row["restore_failed"] else str(row["status"])
+
+
+def rollback_result(ctx: Context, run_id: int, chunk_no: int | None = None) -> dict[str, Any]:
+    """What a rollback did, from the ledger: chunks and rows restored, rows left to the
+    application (changed: ``kept``; deleted: ``gone``), rows ``overwritten`` (--force),
+    chunks whose restore failed and the first of their (masked) errors."""
+    with ctx.db.transaction() as conn:
+        row = conn.execute(
+            q("rollback_summary"), {"run_id": run_id, "chunk_no": chunk_no}
+        ).fetchone()
+    assert row is not None
+    return {
+        "chunks": int(row["chunks"]),
+        "restored": int(row["restored"]),
+        "kept": int(row["kept"]),
+        "gone": int(row["gone"]),
+        "overwritten": int(row["overwritten"]),
+        "failed_chunks": int(row["failed"]),
+        "error": row["error"],
+    }
 
 
 # -- following a run -------------------------------------------------------------------------

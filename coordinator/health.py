@@ -37,6 +37,9 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         ).fetchall()
         disk = conn.execute(q("backup_bytes"), {"run_id": run_id}).fetchone()
         raised = conn.execute(q("recent_alerts"), {"run_id": run_id}).fetchall()
+        undone = conn.execute(
+            q("rollback_summary"), {"run_id": run_id, "chunk_no": None}
+        ).fetchone()
         now = conn.execute("SELECT clock_timestamp() AS t").fetchone()
     assert now is not None
     chunks = {
@@ -111,7 +114,16 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         {"type": a["type"], "message": a["message"], "timestamp": a["at"].isoformat()}
         for a in raised
     )
-    if run.status == "failed" or chunks["failed"]:
+    rollback = _rollback(run.status, undone)
+    if rollback and rollback["kept"]:
+        alerts.append(
+            _alert(
+                "rollback_kept",
+                f"{rollback['kept']} row(s) the application changed since their chunk were not "
+                f"rolled back (`ferry rollback {run.id} --force` restores them)",
+            )
+        )
+    if run.status in ("failed", "rollback_failed") or chunks["failed"]:
         state = "failed"
     elif alerts:
         state = "degraded"
@@ -155,6 +167,22 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         "failures": failures,
         "workers": len(workers),
         "limits": run.params.get("limits"),
+        **({"rollback": rollback} if rollback else {}),
+    }
+
+
+def _rollback(status: str, row: Any) -> dict[str, Any] | None:
+    """A rolling back or rolled back run's restore counts (see ``commands.rollback_result``)."""
+    if status not in ("rolling_back", "rolled_back", "rollback_failed") or row is None:
+        return None
+    return {
+        "chunks": int(row["chunks"]),
+        "restored": int(row["restored"]),
+        "kept": int(row["kept"]),
+        "gone": int(row["gone"]),
+        "overwritten": int(row["overwritten"]),
+        "failed_chunks": int(row["failed"]),
+        "error": row["error"],
     }
 
 

@@ -56,6 +56,7 @@ _WORKER_TABLES: dict[str, tuple[str, ...]] = {
     "quarantine": ("SELECT", "INSERT", "DELETE"),
     "quarantine_values": ("INSERT",),
     "alerts": ("SELECT", "INSERT"),
+    "rollback_conflicts": ("SELECT", "INSERT"),
     "verifications": ("SELECT",),
     "audit_log": ("INSERT",),
 }

@@ -199,23 +199,45 @@ class Ledger:
             row = conn.execute(q("lock_run"), {"run_id": run_id}).fetchone()
             if row is None or row["status"] not in ("running", "rolling_back"):
                 return None
+            if row["status"] == "rolling_back":
+                status = self._rollback_outcome(conn, run_id)
+                if status is None:
+                    return None
+                conn.execute(q("end_run"), {"run_id": run_id, "status": status})
+                return status
             tally = conn.execute(q("chunk_tally"), {"run_id": run_id}).fetchone()
             assert tally is not None
-            if row["status"] == "rolling_back":
-                if tally["active"] or tally["done"]:
-                    return None
-                status = "rolled_back"
+            if tally["active"] or row["walking"]:
+                return None
+            if tally["failed"]:
+                status = "failed"
+            elif tally["quarantined"]:
+                status = "completed_with_errors"
             else:
-                if tally["active"] or row["walking"]:
-                    return None
-                if tally["failed"]:
-                    status = "failed"
-                elif tally["quarantined"]:
-                    status = "completed_with_errors"
-                else:
-                    status = "completed"
+                status = "completed"
             conn.execute(q("end_run"), {"run_id": run_id, "status": status})
             return status
+
+    @staticmethod
+    def _rollback_outcome(conn: Conn, run_id: int) -> str | None:
+        """How a rollback ends once no chunk is left to restore: rolled_back, or
+        rollback_failed (with an alert) when some chunk's restore failed for good."""
+        tally = conn.execute(q("rollback_tally"), {"run_id": run_id}).fetchone()
+        assert tally is not None
+        if tally["active"] or tally["to_restore"]:
+            return None
+        if not tally["failed"]:
+            return "rolled_back"
+        conn.execute(
+            q("add_alert"),
+            {
+                "run_id": run_id,
+                "type": "rollback_failed",
+                "message": f"{tally['failed']} chunk(s) could not be restored; their writes "
+                "stay in the table: see the chunks' restore_error, fix, and roll back again",
+            },
+        )
+        return "rollback_failed"
 
     # -- chunks --------------------------------------------------------------------------------
     def claim(

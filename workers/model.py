@@ -15,7 +15,9 @@ from typing import Any, Literal
 from migrations.identifiers import QualifiedName
 from migrations.spec import ValidationRule
 
-RUN_FINAL = frozenset({"completed", "completed_with_errors", "failed", "cancelled", "rolled_back"})
+RUN_FINAL = frozenset(
+    {"completed", "completed_with_errors", "failed", "cancelled", "rolled_back", "rollback_failed"}
+)
 
 
 @dataclass(frozen=True, kw_only=True)

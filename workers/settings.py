@@ -56,6 +56,9 @@ class Settings:
     # (0: off), FERRY_BREAKER_RATIO (0 to 1, exclusive of 1).
     breaker_min_chunks: int = 10
     breaker_ratio: float = 0.5
+    # Attempts at restoring one chunk before its rollback fails for good (transient errors
+    # only: a permanent one, such as a dropped table, fails at once). FERRY_ROLLBACK_MAX_ATTEMPTS.
+    rollback_max_attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     visibility_timeout: int = 900
@@ -94,6 +97,7 @@ class Settings:
             "lock_timeout_ms": ("FERRY_LOCK_TIMEOUT_MS", int),
             "statement_timeout_ms": ("FERRY_STATEMENT_TIMEOUT_MS", int),
             "max_attempts": ("FERRY_MAX_ATTEMPTS", int),
+            "rollback_max_attempts": ("FERRY_ROLLBACK_MAX_ATTEMPTS", int),
             "backoff_base": ("FERRY_BACKOFF_BASE", float),
             "backoff_max": ("FERRY_BACKOFF_MAX", float),
             "visibility_timeout": ("FERRY_VISIBILITY_TIMEOUT", int),

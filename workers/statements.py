@@ -44,7 +44,7 @@ from psycopg import sql
 
 from migrations.spec import ValidationRule
 from workers.catalog import exact_form, length_limited, type_sql
-from workers.encryption import key_expr, run_fingerprint, seal, seal_text, unseal
+from workers.encryption import key_expr, run_fingerprint, seal, seal_text
 from workers.model import RunSpec
 from workers.rules import fixed_value, passes
 
@@ -90,6 +90,17 @@ def _old(i: int) -> sql.Identifier:
     return sql.Identifier(_old_name(i))
 
 
+# What a chunk wrote into each written column (its post-image), saved beside the pre-image so
+# that a rollback restores only rows still holding it (``Statements.restore``).
+def _new(i: int) -> sql.Identifier:
+    return sql.Identifier(f"__ferry_n{i}")
+
+
+# The transaction that saved a pre-image: a row written twice by one run (a quarantine re-run)
+# is restored to its oldest pre-image, if it still holds its newest post-image.
+SAVED_BY = sql.Identifier("__ferry_xid")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRange:
     """``(lo, hi]`` on the key (open below when lo is None), optionally only some keys."""
@@ -125,6 +136,10 @@ class Statements:
         # Encrypted at rest (workers.encryption) when the run was launched with a key.
         self.sealed = run_fingerprint(spec.extra)
         self.packed = spec.extra.get("pre_images") == "packed"
+        # Post-images kept with the pre-images (runs launched before they existed have none:
+        # their rollback restores without looking at what the rows hold now).
+        self.keeps_post = bool(spec.extra.get("post_images"))
+        self.post_columns = [_new(i) for i in range(len(self.writes))] if self.keeps_post else []
         # SQL path: whether a chunk locks its rows before its statement reads them. Rules
         # judge and quarantine the rows as read, so they must read the version that stays;
         # without rules the statement finds what moved under it (see module doc) and the
@@ -232,16 +247,26 @@ class Statements:
         )
 
     def create_backup(self, lz4: bool = False) -> sql.Composed:
-        def typed(c: sql.Identifier, sealed: bool) -> sql.Composable:
+        def typed(
+            c: sql.Identifier, sealed: bool, name: sql.Identifier | None = None
+        ) -> sql.Composable:
+            n = name or c
             if self.packed:
                 return (
-                    sql.SQL("NULL::bytea[] AS {c}") if sealed else sql.SQL("ARRAY[t.{c}] AS {c}")
-                ).format(c=c)
-            return (sql.SQL("NULL::bytea AS {c}") if sealed else sql.SQL("t.{c}")).format(c=c)
+                    sql.SQL("NULL::bytea[] AS {n}") if sealed else sql.SQL("ARRAY[t.{c}] AS {n}")
+                ).format(c=c, n=n)
+            return (sql.SQL("NULL::bytea AS {n}") if sealed else sql.SQL("t.{c} AS {n}")).format(
+                c=c, n=n
+            )
 
         # Sealed runs keep ciphertext in the written columns; the key stays in clear.
+        posts = [
+            typed(c, bool(self.sealed), _new(i))
+            for i, c in enumerate(self.writes)
+            if self.keeps_post
+        ]
         cols = sql.SQL(", ").join(
-            [typed(self.key, False), *(typed(c, bool(self.sealed)) for c in self.writes)]
+            [typed(self.key, False), *(typed(c, bool(self.sealed)) for c in self.writes), *posts]
         )
         index = (
             sql.SQL("CREATE INDEX ON {b} (chunk_no)")
@@ -257,10 +282,22 @@ class Statements:
                     for c in [self.key, *self.writes]
                 ),
             )
+        saved_by: sql.Composable = (
+            sql.SQL("; ALTER TABLE {b} ADD COLUMN {x} xid8 NOT NULL DEFAULT pg_current_xact_id()")
+            if self.keeps_post
+            else sql.SQL("")
+        ).format(b=self.backup, x=SAVED_BY)
         return sql.SQL(
             "CREATE TABLE {b} AS SELECT 0::integer AS chunk_no, {cols} FROM {t} AS t "
-            "WITH NO DATA; {index}{compress}"
-        ).format(b=self.backup, cols=cols, t=self.table, index=index, compress=compress)
+            "WITH NO DATA{saved_by}; {index}{compress}"
+        ).format(
+            b=self.backup,
+            cols=cols,
+            t=self.table,
+            saved_by=saved_by,
+            index=index,
+            compress=compress,
+        )
 
     def pre_images(self, chunk_no: int | None = None) -> sql.Composable:
         """The run's pre-images (of one chunk, or all) as rows: chunk_no, key, written columns."""
@@ -271,10 +308,11 @@ class Statements:
         )
         if not self.packed:
             return sql.SQL("(SELECT * FROM {b} AS p WHERE {w})").format(b=self.backup, w=which)
-        cols = [self.key, *self.writes]
+        cols = [self.key, *self.writes, *self.post_columns]
         return sql.SQL(
-            "(SELECT p.chunk_no, u.* FROM {b} AS p, unnest({arrays}) AS u({cols}) WHERE {w})"
+            "(SELECT p.chunk_no, {by}u.* FROM {b} AS p, unnest({arrays}) AS u({cols}) WHERE {w})"
         ).format(
+            by=sql.SQL("p.{x}, ").format(x=SAVED_BY) if self.keeps_post else sql.SQL(""),
             b=self.backup,
             arrays=sql.SQL(", ").join(sql.SQL("p.{}").format(c) for c in cols),
             cols=sql.SQL(", ").join(cols),
@@ -389,7 +427,7 @@ class Statements:
             FROM {t} AS t WHERE {r}) AS c
     JOIN {i} AS x ON x.{k} = c.{k}
    WHERE u.ctid = c.{tid} AND u.tableoid = c.{toid} AND {differ}
-  RETURNING c.{k} AS {k}, {c_olds_as}"""
+  RETURNING c.{k} AS {k}, {c_olds_as}, {news_as}"""
         ).format(
             tid=TID,
             toid=TOID,
@@ -400,6 +438,7 @@ class Statements:
             differ=self._differ(c_olds, x_news),
             sets=self._sets("u", c_olds, x_news),
             c_olds_as=sql.SQL(", ").join(sql.SQL("c.{o} AS {o}").format(o=o) for o in olds),
+            news_as=self._news_as("u"),
             **common,
         )
         return sql.SQL(
@@ -428,7 +467,7 @@ SELECT {read}::bigint AS rows_read, {saved_count} AS rows_changed, {saved_count}
             """WITH written AS (
   UPDATE {t} AS t SET {sets} FROM {i} AS x
    WHERE x.{k} = t.{k} AND t.xmin = x.{xmin} AND {r} AND {differ}
-  RETURNING x.{k} AS {k}, {x_olds_as}),
+  RETURNING x.{k} AS {k}, {x_olds_as}, {news_as}),
 {saved},
 changed AS (SELECT count(*) AS n FROM {i} AS x WHERE {differ})
 SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
@@ -444,6 +483,7 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
             differ=differ,
             sets=self._sets("t", x_olds, x_news),
             x_olds_as=sql.SQL(", ").join(sql.SQL("x.{o} AS {o}").format(o=o) for o in olds),
+            news_as=self._news_as("t"),
             read=sql.Literal(int(args.rows_read or 0)),
             **common,
             **self._save(args.chunk_no),
@@ -553,7 +593,7 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
 counted AS (SELECT count(*) AS n FROM changed),
 written AS (UPDATE {t} AS t SET {sets} FROM changed
             WHERE t.ctid = changed.{tid} AND t.tableoid = changed.{toid}
-            RETURNING changed.{k} AS {k}, {changed_olds}),
+            RETURNING changed.{k} AS {k}, {changed_olds}, {news_as}),
 {saved}
 SELECT {rows_read} AS rows_read,
        (SELECT n FROM counted) AS rows_changed,
@@ -567,6 +607,7 @@ SELECT {rows_read} AS rows_read,
             "changed_olds": sql.SQL(", ").join(
                 sql.SQL("changed.{o} AS {o}").format(o=_old(i)) for i in range(len(self.writes))
             ),
+            "news_as": self._news_as("t"),
             "k": self.key,
             "t": self.table,
             "tid": TID,
@@ -675,16 +716,25 @@ raw_values AS (
         )
 
     def _save(self, chunk_no: int) -> dict[str, sql.Composable]:
-        """The CTE that saves the pre-images of the rows ``written`` returns, and their count."""
+        """The CTE that saves the pre-images of the rows ``written`` returns, and their count.
+
+        With them, what the chunk wrote (``_news_as``), sealed like the pre-images on an
+        encrypted run: a rollback compares it with what the row holds then."""
         olds: list[sql.Composable] = [_old(i) for i in range(len(self.writes))]
+        news: list[sql.Composable] = (
+            [_new(i) for i in range(len(self.writes))] if self.keeps_post else []
+        )
         if self.sealed:
             key = key_expr(self.sealed)
             olds = [seal(o, key) for o in olds]
-        values: list[sql.Composable] = [self.key, *olds]
+            news = [seal(n, key) for n in news]
+        values: list[sql.Composable] = [self.key, *olds, *news]
         parts = {
             "b": self.backup,
             "n": sql.Literal(int(chunk_no)),
-            "cols": sql.SQL(", ").join([self.key, *self.writes]),
+            "cols": sql.SQL(", ").join(
+                [self.key, *self.writes, *(_new(i) for i in range(len(news)))]
+            ),
         }
         if not self.packed:
             return {
@@ -707,24 +757,19 @@ raw_values AS (
             "saved_count": sql.SQL("(SELECT coalesce(sum(n), 0) FROM saved)::bigint"),
         }
 
-    def restore(self, chunk_no: int) -> sql.Composed:
-        sets = sql.SQL(", ").join(sql.SQL("{c} = b.{c}").format(c=c) for c in self.writes)
-        if self.sealed:
-            key = key_expr(self.sealed)
-            sets = sql.SQL(", ").join(
-                sql.SQL("{c} = {v}").format(
-                    c=c,
-                    v=unseal(
-                        sql.SQL("b.{c}").format(c=c), key, type_sql(self.spec.column_types[name])
-                    ),
-                )
-                for name, c in zip(self.spec.writes, self.writes, strict=True)
-            )
-        return sql.SQL(
-            "WITH restored AS (UPDATE {t} AS t SET {sets} FROM {b} AS b "
-            "WHERE t.{k} = b.{k} RETURNING 1) "
-            "SELECT count(*) AS rows FROM restored"
-        ).format(t=self.table, sets=sets, b=self.pre_images(chunk_no), k=self.key)
+    def _news_as(self, alias: str) -> sql.Composable:
+        """The written columns as the UPDATE left them (its RETURNING sees the new row)."""
+        return sql.SQL(", ").join(
+            sql.SQL("{a}.{c} AS {n}").format(a=sql.Identifier(alias), c=c, n=_new(i))
+            for i, c in enumerate(self.writes)
+        )
+
+    def restore(self, chunk_no: int, *, force: bool, mask_key: str | None) -> sql.Composed:
+        """Put one chunk's pre-images back where the rows still hold what it wrote
+        (``workers.restore_sql``)."""
+        from workers.restore_sql import restore_statement
+
+        return restore_statement(self, chunk_no, force=force, mask_key=mask_key)
 
 
 def null_keys(schema: str, table: str, key: str, where: str | None) -> sql.Composed:

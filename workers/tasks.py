@@ -177,9 +177,10 @@ def rollback_chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
         result = restore_chunk(rt.db, rt.ledger, rt.settings, run_id, chunk_no)
     except TransientChunkError as exc:
         raise _transient(self, rt, run_id, chunk_no, exc, release=False) from None
-    except PermanentChunkError as exc:
+    except PermanentChunkError as exc:  # recorded on the chunk; the run may end rollback_failed
         rt.progress.error(run_id, chunk_no, "rollback_failed", str(exc))
         log.error("rollback of chunk %s/%s failed: %s", run_id, chunk_no, exc)
+        rt.ledger.finalize_run(run_id)
         return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
     rt.ledger.finalize_run(run_id)
     return {

@@ -179,7 +179,14 @@ class RunState:
         return self.status in FINAL_RUN_STATES
 
 
-FINAL_RUN_STATES = ("completed", "completed_with_errors", "failed", "cancelled", "rolled_back")
+FINAL_RUN_STATES = (
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "cancelled",
+    "rolled_back",
+    "rollback_failed",
+)
 _FINISHED = ("completed", "completed_with_errors")
 
 

@@ -253,12 +253,75 @@ SELECT status FROM ferry.chunks
 
 -- name: mark_rolled_back
 UPDATE ferry.chunks
-   SET status = 'rolled_back', finished_at = clock_timestamp(), lease_expires_at = NULL
+   SET status = 'rolled_back', finished_at = clock_timestamp(), lease_expires_at = NULL,
+       rows_restored = coalesce(rows_restored, 0) + %(rows)s, rows_kept = %(kept)s,
+       rows_gone = %(gone)s, rows_overwritten = coalesce(rows_overwritten, 0) + %(overwritten)s,
+       restore_error = NULL, restore_failed_at = NULL
  WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
 
 -- name: cancel_pending_for_rollback
-UPDATE ferry.chunks SET status = 'rolled_back', lease_expires_at = NULL
+-- A chunk that never committed wrote nothing: rolled back as it is. One re-run for its
+-- quarantined rows (retry_keys), pending, running or failed, holds the pre-images of its
+-- first pass: it becomes done again, so the rollback restores it like every done chunk.
+UPDATE ferry.chunks
+   SET status = CASE WHEN retry_keys IS NULL THEN 'rolled_back' ELSE 'done' END,
+       retry_keys = NULL, lease_expires_at = NULL
  WHERE run_id = %(run_id)s AND status IN ('pending', 'running', 'failed');
+
+-- name: reopen_kept_chunks
+-- ``ferry rollback --force`` of a rolled back run: its chunks that left rows to the
+-- application are restored once more, those rows included.
+UPDATE ferry.chunks SET status = 'done'
+ WHERE run_id = %(run_id)s AND status = 'rolled_back' AND rows_kept > 0
+   AND (%(chunk_no)s::integer IS NULL OR chunk_no = %(chunk_no)s::integer)
+RETURNING chunk_no;
+
+-- name: reset_restore_failures
+-- A rollback started again (after rollback_failed) tries every chunk still to restore afresh.
+UPDATE ferry.chunks SET restore_attempts = 0, restore_error = NULL, restore_failed_at = NULL
+ WHERE run_id = %(run_id)s AND status = 'done'
+   AND (%(chunk_no)s::integer IS NULL OR chunk_no = %(chunk_no)s::integer);
+
+-- name: restore_failed
+-- One failed attempt at restoring a chunk; ``final``: no retry will follow (the error is one
+-- no retry can fix, or the attempts ran out).
+UPDATE ferry.chunks
+   SET restore_attempts = restore_attempts + 1, restore_error = %(error)s,
+       restore_failed_at = CASE WHEN %(final)s OR restore_attempts + 1 >= %(max_attempts)s
+                                THEN clock_timestamp() END
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s AND status = 'done'
+RETURNING restore_attempts, restore_failed_at IS NOT NULL AS final;
+
+-- name: rollback_tally
+SELECT count(*) FILTER (WHERE status IN ('pending', 'running')) AS active,
+       count(*) FILTER (WHERE status = 'done' AND restore_failed_at IS NULL) AS to_restore,
+       count(*) FILTER (WHERE status = 'done' AND restore_failed_at IS NOT NULL) AS failed
+  FROM ferry.chunks WHERE run_id = %(run_id)s;
+
+-- name: rollback_summary
+SELECT count(*) FILTER (WHERE status = 'rolled_back' AND rows_restored IS NOT NULL) AS chunks,
+       coalesce(sum(rows_restored), 0) AS restored, coalesce(sum(rows_kept), 0) AS kept,
+       coalesce(sum(rows_gone), 0) AS gone, coalesce(sum(rows_overwritten), 0) AS overwritten,
+       count(*) FILTER (WHERE status = 'done' AND restore_failed_at IS NOT NULL) AS failed,
+       (array_agg(restore_error ORDER BY chunk_no)
+          FILTER (WHERE restore_failed_at IS NOT NULL))[1] AS error
+  FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND (%(chunk_no)s::integer IS NULL OR chunk_no = %(chunk_no)s::integer);
+
+-- name: set_rollback_force
+-- What ``ferry rollback --force`` asked, read by the workers that restore the run's chunks.
+UPDATE ferry.runs
+   SET params = params || jsonb_build_object('rollback_force', %(force)s::boolean,
+                                             'rollback_by', %(actor)s::text)
+ WHERE id = %(run_id)s;
+
+-- name: chunk_overwrites
+SELECT rows_overwritten FROM ferry.chunks
+ WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
+
+-- name: chunk_restore_state
+SELECT status, restore_failed_at IS NOT NULL AS restore_failed
+  FROM ferry.chunks WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s;
 
 -- name: audit
 INSERT INTO ferry.audit_log (actor, host, action, run_id, params)
