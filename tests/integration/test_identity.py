@@ -226,3 +226,55 @@ def test_a_worker_of_another_ledger_on_a_shared_queue_forwards_never_drops(
         finally:
             for pool in pools:
                 pool.stop_all()
+
+
+def test_identity_is_made_once_and_a_copied_ledger_is_refused_until_init_rekeys_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A restored dump beside the original (here CREATE DATABASE ... TEMPLATE, the same
+    bytes in another database) would share the original's keys, tasks and queue: refused
+    with one line until ``ferry init`` gives it an identity of its own."""
+    tag = uuid.uuid4().hex[:6]
+    with database(f"ferry_id_e_{tag}") as url:
+        env_x = ledger_env(env, url)
+        spec = prepare(url, env_x, tmp_path, QUICK, bad=0, rows=300)
+        with psycopg.connect(url) as conn:
+            original = ledger_id(conn)
+        again = ferry("init", env=env_x, check=True)  # an upgrade keeps it
+        assert f"ledger identity {original}" in again.stdout and "copy" not in again.stdout
+        assert launch(env_x, spec, "--db-load", "0") == 1  # its tasks wait on its queue
+        copy = f"ferry_id_f_{tag}"
+        with psycopg.connect(SERVER, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(copy), sql.Identifier(f"ferry_id_e_{tag}")
+                )
+            )
+        try:
+            url_copy = SERVER.rsplit("/", 1)[0] + "/" + copy
+            env_copy = ledger_env(env, url_copy)
+            with psycopg.connect(url_copy) as conn:
+                assert ledger_id(conn) == original  # the copy's bytes say "original"
+            refused = ferry("status", "1", "--json", env=env_copy)
+            assert refused.returncode == 1 and refused.stdout == ""
+            assert refused.stderr.count("\n") == 1, refused.stderr
+            assert "copied from another database" in refused.stderr
+            assert "run `ferry init`" in refused.stderr
+
+            rekeyed = ferry("init", env=env_copy, check=True)
+            with psycopg.connect(url_copy) as conn:
+                own = ledger_id(conn)
+                row = conn.execute("SELECT previous FROM ferry.identity").fetchone()
+                queue = conn.execute("SELECT params->>'queue' FROM ferry.runs").fetchone()
+            assert own != original and row == ([original],)
+            assert f"a copy of ledger {original}" in rekeyed.stdout and own in rekeyed.stdout
+            assert queue == (None,)  # follows the copy's own queue, not the original's
+            assert ferry("status", "1", "--json", env=env_copy).returncode == 0
+            assert ferry("init", env=env_copy, check=True).stdout.count("copy") == 0
+        finally:
+            drop(copy)
+        with psycopg.connect(url) as conn:  # the original is untouched
+            assert ledger_id(conn) == original
+            queue = conn.execute("SELECT params->>'queue' FROM ferry.runs").fetchone()
+        assert queue == (f"ferry.{original}",)
+        assert ferry("status", "1", "--json", env=env_x).returncode == 0
