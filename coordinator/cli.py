@@ -116,6 +116,13 @@ def init(obj: dict[str, Any], roles: bool) -> None:
         result = commands.init(ctx, roles=roles)
     applied = ", ".join(map(str, result["applied"])) or "none (up to date)"
     click.echo(f"ledger at version {result['version']}; applied: {applied}")
+    click.echo(f"ledger identity {result['identity']}")
+    if result["rekeyed"]:
+        old, new = result["rekeyed"]
+        click.echo(
+            f"this ledger is a copy of ledger {old} (restored backup or clone): "
+            f"it is ledger {new} now, with Redis keys and a default queue of its own"
+        )
     if result["roles"] is not None:
         created = ", ".join(result["roles"]["created"]) or "none (all existed)"
         click.echo(f"roles granted: {', '.join(result['roles']['roles'])}; created: {created}")

@@ -60,21 +60,31 @@ class Context:
         return Ledger(self.db)
 
     @cached_property
+    def identity(self) -> str:
+        """The ledger's identity: it names the run's Redis keys, tasks and default queue."""
+        return self.ledger.identity()
+
+    @cached_property
+    def queue(self) -> str:
+        """Where this command sends a new run's tasks: FERRY_QUEUE, or the ledger's own."""
+        return self.settings.queue_for(self.identity)
+
+    @cached_property
     def progress(self) -> RedisProgress:
-        return RedisProgress(self.settings.redis_url)
+        return RedisProgress(self.settings.redis_url, self.identity)
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
         # Celery is imported by the commands that send tasks only (a fifth of a second each)
         from workers.celery_app import make_app
 
-        return Dispatcher(make_app(self.settings), self.settings.queue)
+        return Dispatcher(make_app(self.settings, self.identity), self.queue, self.identity)
 
     def clear_line(self, run_id: int) -> None:
         """Forget the run's line of waiting chunks (workers.throttle): its turns were spaced
         for the limits it had, and the chunks waiting in it come back within seconds."""
         with contextlib.suppress(redis.RedisError):  # stale turns only slow a restart down
-            RedisLimiter(self.progress.client).clear_line(f"run:{run_id}")
+            RedisLimiter(self.progress.client, self.identity).clear_line(f"run:{run_id}")
 
     def close(self) -> None:
         for closer in self._closers:
@@ -85,6 +95,7 @@ class Context:
 def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
     """Create or upgrade the ledger; with ``roles``, also the least-privilege group roles."""
     applied = ctx.ledger.init()
+    rekeyed = ctx.ledger.rekeyed
     made: dict[str, Any] | None = None
     with ctx.db.transaction() as conn:
         if roles:
@@ -93,9 +104,17 @@ def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
             conn,
             actor=ctx.settings.actor,
             action="init",
-            params={"applied": applied, "roles": made},
+            params={"applied": applied, "roles": made, "rekeyed": rekeyed},
         )
-    return {"applied": applied, "version": ctx.ledger.version(), "roles": made}
+    return {
+        "applied": applied,
+        "version": ctx.ledger.version(),
+        "roles": made,
+        "identity": ctx.ledger.identity(),
+        # (old, new): this ledger was a copy of another (restored backup, clone) and got an
+        # identity of its own, so it no longer shares the original's Redis keys and queue
+        "rekeyed": list(rekeyed) if rekeyed else None,
+    }
 
 
 # -- plan and launch -------------------------------------------------------------------------
@@ -247,7 +266,7 @@ def _prepare(
                 "where": where,
                 "chunk_size": chunk_size,
                 "actor": settings.actor,
-                "queue": settings.queue,
+                "queue": ctx.queue,
                 "limits": (limits or Limits()).to_json(),
             }
             if catch_up is not None:

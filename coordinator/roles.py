@@ -49,6 +49,7 @@ _CHAIN = "audit_chain"
 # What a worker does to each ledger table (tables a ledger version lacks are skipped).
 _WORKER_TABLES: dict[str, tuple[str, ...]] = {
     "ledger_version": ("SELECT",),
+    "identity": ("SELECT",),
     "meta": ("SELECT",),
     "runs": ("SELECT", "UPDATE"),
     "chunks": ("SELECT", "INSERT", "UPDATE"),

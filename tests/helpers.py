@@ -28,6 +28,13 @@ def fingerprint(conn: psycopg.Connection[Any], table: str, key: str = "id") -> s
     return str(row[0])
 
 
+def ledger_id(conn: psycopg.Connection[Any]) -> str:
+    """The ledger's identity (workers.identity): it names every Redis key and task."""
+    row = conn.execute("SELECT id FROM ferry.identity").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def pre_image_counts(conn: psycopg.Connection[Any], run_id: int) -> tuple[int, int]:
     """(pre-images, distinct keys among them) of a run, read through its own layout."""
     row = conn.execute("SELECT spec FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()

@@ -9,19 +9,36 @@ whole worker dies: the ledger's lease sweeper is (see ``sweeper``).
 
 from __future__ import annotations
 
+import logging
+import time
+
+import sqlalchemy as sa
 from celery import Celery
 
+from migrations.errors import BadInput, CheckFailed, NotFound
+from workers.identity import default_queue
 from workers.settings import Settings
 
+log = logging.getLogger("ferry.app")
+# How long a worker started without FERRY_QUEUE waits for its ledger (database down, or
+# `ferry init` not run yet) before it gives up: it cannot know its queue without it.
+STARTUP_WAIT_S = 60.0
+# The queue of an app that knows neither FERRY_QUEUE nor its ledger (Flower without a
+# database URL): nothing is sent or consumed there by a worker of a ledger.
+UNBOUND_QUEUE = "ferry"
 
-def make_app(settings: Settings) -> Celery:
+
+def make_app(settings: Settings, ledger: str | None = None) -> Celery:
+    """The Celery app; its default queue is FERRY_QUEUE, else ledger ``ledger``'s own queue
+    (what a ``celery -A workers worker`` without ``-Q`` consumes)."""
     app = Celery("ferry", broker=settings.redis_url, backend=settings.redis_url)
     transport = {"visibility_timeout": settings.visibility_timeout}
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=settings.queue,
+        task_default_queue=settings.queue or (default_queue(ledger) if ledger else UNBOUND_QUEUE),
+        ferry_ledger=ledger,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,
@@ -47,6 +64,43 @@ _app: list[Celery] = []
 def default_app() -> Celery:
     """The worker's app, built from the environment the first time it is asked for."""
     if not _app:
-        _app.append(make_app(Settings.from_env()))
+        settings = Settings.from_env()
+        _app.append(make_app(settings, startup_identity(settings)))
         import workers.signals  # noqa: F401  (connects worker lifecycle hooks)
     return _app[0]
+
+
+def startup_identity(settings: Settings) -> str | None:
+    """The identity of the worker's ledger, read when the app is built.
+
+    Without FERRY_QUEUE the queue is derived from it, so the worker waits for its ledger
+    (up to STARTUP_WAIT_S) and then fails with one clear message; with FERRY_QUEUE one
+    attempt is made, and a worker that could not read it reads it when its first task
+    arrives (workers.runtime).
+    """
+    if not settings.database_url:
+        return None
+    from workers.db import Database
+    from workers.ledger import Ledger
+
+    db = Database(settings, pool_size=1)
+    deadline = time.monotonic() + (STARTUP_WAIT_S if settings.queue is None else 0.0)
+    try:
+        while True:
+            try:
+                return Ledger(db).identity()
+            except CheckFailed:
+                raise
+            except (NotFound, sa.exc.DBAPIError) as exc:
+                why = str(exc) if isinstance(exc, NotFound) else type(exc.orig or exc).__name__
+                if time.monotonic() >= deadline:
+                    if settings.queue is not None:
+                        log.warning("ledger identity not read at start-up: %s", why)
+                        return None
+                    raise BadInput(
+                        f"cannot read the ledger's identity ({why}), which names this "
+                        "worker's queue: run `ferry init`, or set FERRY_QUEUE"
+                    ) from None
+                time.sleep(1.0)
+    finally:
+        db.dispose()

@@ -1,10 +1,16 @@
-"""Sending chunk tasks: deterministic ids, readable names and arguments for Flower."""
+"""Sending chunk tasks: deterministic ids, readable names and arguments for Flower.
+
+Every task carries its ledger's identity (workers.identity): in its id
+(``ferry:<ledger>:<run>:<chunk>``), its name as Flower shows it, and its ``ledger``
+argument, which a worker checks before it looks the run up (workers.tasks).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+from workers.identity import check
 from workers.ledger import Ledger
 from workers.limits import Limits
 
@@ -12,20 +18,22 @@ CHUNK_TASK = "ferry.chunk"
 ROLLBACK_TASK = "ferry.rollback_chunk"
 
 
-def chunk_task_id(run_id: int, chunk_no: int) -> str:
-    return f"ferry:{int(run_id)}:{int(chunk_no)}"
+def chunk_task_id(ledger: str, run_id: int, chunk_no: int) -> str:
+    return f"ferry:{check(ledger)}:{int(run_id)}:{int(chunk_no)}"
 
 
-def rollback_task_id(run_id: int, chunk_no: int) -> str:
-    return f"ferry:{int(run_id)}:{int(chunk_no)}:rollback"
+def rollback_task_id(ledger: str, run_id: int, chunk_no: int) -> str:
+    return f"ferry:{check(ledger)}:{int(run_id)}:{int(chunk_no)}:rollback"
 
 
 class Dispatcher:
-    """Sends tasks; a run's chunks always go to the queue the run was launched on."""
+    """Sends ledger ``ledger``'s tasks; a run's chunks always go to the queue the run was
+    launched on (``queue``: where runs that name none go)."""
 
-    def __init__(self, app: Any, queue: str) -> None:
+    def __init__(self, app: Any, queue: str, ledger: str) -> None:
         self.app = app
         self.queue = queue
+        self.ledger = check(ledger)
 
     def send_chunks(
         self, run_id: int, chunk_nos: Iterable[int], *, queue: str | None = None
@@ -46,10 +54,11 @@ class Dispatcher:
                 self.app.send_task(
                     name,
                     args=[int(run_id), int(chunk_no)],
-                    task_id=make_id(run_id, chunk_no),
+                    kwargs={"ledger": self.ledger},
+                    task_id=make_id(self.ledger, run_id, chunk_no),
                     queue=queue or self.queue,
                     producer=producer,
-                    shadow=f"{name}[run {run_id} chunk {chunk_no}]",
+                    shadow=f"{name}[{self.ledger} run {run_id} chunk {chunk_no}]",
                     # the ledger is the outcome: no result channel per task
                     ignore_result=True,
                 )

@@ -19,6 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
+from workers import identity
 from workers.db import Database
 from workers.failures import Breaker, report, stop_reason
 from workers.limits import Limits
@@ -38,6 +39,9 @@ class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._mask_key: str | None = None
+        self._identity: str | None = None
+        # (old, new) identity when the last init() found a copied ledger and re-keyed it
+        self.rekeyed: tuple[str, str] | None = None
 
     # -- schema ------------------------------------------------------------------------------
     def init(self, *, wait_seconds: float = 30.0) -> list[int]:
@@ -82,7 +86,20 @@ class Ledger:
                 )
             applied.append(version)
         conn.execute(q("put_meta"), {"key": "mask_key", "value": secrets.token_hex(32)})
+        with conn.transaction():
+            self.rekeyed = identity.rekey_if_copied(conn)
+        self._identity = None
         return applied
+
+    def identity(self) -> str:
+        """This ledger's identity (workers.identity), read once: it names every Redis key,
+        task id and the default queue. CheckFailed on a copy that ``ferry init`` has not
+        re-keyed, NotFound before ``ferry init``."""
+        if self._identity is None:
+            with self.db.connect() as conn:
+                self._identity = identity.read(conn)
+                conn.commit()
+        return self._identity
 
     def version(self) -> int | None:
         with self.db.transaction() as conn:

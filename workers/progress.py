@@ -1,8 +1,9 @@
 """Live progress: counters, a capped stream of recent errors and worker heartbeats.
 
 Redis holds only what can be lost and rebuilt: the ledger stays the truth,
-and ``ferry status`` falls back to it when Redis was flushed. Keys carry run
-ids and worker names, never row values. ``MemoryProgress`` is the in-process
+and ``ferry status`` falls back to it when Redis was flushed. Keys carry the
+ledger's identity (run ids are only unique inside one ledger: workers.identity),
+run ids and worker names, never row values. ``MemoryProgress`` is the in-process
 twin for unit tests (like dramatiq's stub broker), not a stand-in for Redis
 in integration tests.
 """
@@ -18,21 +19,23 @@ from typing import Any, Protocol
 
 import redis
 
+from workers.identity import check
+
 log = logging.getLogger("ferry.progress")
 ERRORS_KEPT = 200
 HEARTBEAT_TTL = 30
 
 
-def counters_key(run_id: int) -> str:
-    return f"ferry:run:{int(run_id)}:counters"
+def counters_key(ledger: str, run_id: int) -> str:
+    return f"ferry:{check(ledger)}:run:{int(run_id)}:counters"
 
 
-def errors_key(run_id: int) -> str:
-    return f"ferry:run:{int(run_id)}:errors"
+def errors_key(ledger: str, run_id: int) -> str:
+    return f"ferry:{check(ledger)}:run:{int(run_id)}:errors"
 
 
-def heartbeat_key(worker: str) -> str:
-    return f"ferry:worker:{worker}"
+def heartbeat_key(ledger: str, worker: str) -> str:
+    return f"ferry:{check(ledger)}:worker:{worker}"
 
 
 class ProgressStore(Protocol):
@@ -45,9 +48,11 @@ class ProgressStore(Protocol):
 
 
 class RedisProgress:
-    """Progress in Redis; every call is best effort and never fails a chunk."""
+    """Progress of ledger ``ledger``'s runs in Redis; every call is best effort and never
+    fails a chunk."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ledger: str) -> None:
+        self.ledger = check(ledger)
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
         )
@@ -55,7 +60,7 @@ class RedisProgress:
     def chunk_done(self, run_id: int, counts: Mapping[str, int]) -> None:
         try:
             pipe = self.client.pipeline(transaction=False)
-            key = counters_key(run_id)
+            key = counters_key(self.ledger, run_id)
             for name, value in counts.items():
                 pipe.hincrby(key, name, int(value))
             pipe.hset(key, "updated_at", f"{time.time():.3f}")
@@ -67,7 +72,7 @@ class RedisProgress:
     def error(self, run_id: int, chunk_no: int, kind: str, message: str) -> None:
         try:
             self.client.xadd(
-                errors_key(run_id),
+                errors_key(self.ledger, run_id),
                 {"chunk": chunk_no, "kind": kind, "message": message, "at": f"{time.time():.3f}"},
                 maxlen=ERRORS_KEPT,
                 approximate=True,
@@ -77,7 +82,9 @@ class RedisProgress:
 
     def heartbeat(self, worker: str, info: Mapping[str, Any]) -> None:
         try:
-            self.client.set(heartbeat_key(worker), json.dumps(dict(info)), ex=HEARTBEAT_TTL)
+            self.client.set(
+                heartbeat_key(self.ledger, worker), json.dumps(dict(info)), ex=HEARTBEAT_TTL
+            )
         except redis.RedisError as exc:
             log.warning("heartbeat not recorded: %s", type(exc).__name__)
 
@@ -90,21 +97,21 @@ class RedisProgress:
 
     def counters(self, run_id: int) -> dict[str, int]:
         try:
-            raw = self.client.hgetall(counters_key(run_id))
+            raw = self.client.hgetall(counters_key(self.ledger, run_id))
         except redis.RedisError:
             return {}
         return {k: int(float(v)) for k, v in raw.items() if k != "updated_at"}
 
     def recent_errors(self, run_id: int, limit: int = 20) -> list[dict[str, Any]]:
         try:
-            entries = self.client.xrevrange(errors_key(run_id), count=limit)
+            entries = self.client.xrevrange(errors_key(self.ledger, run_id), count=limit)
         except redis.RedisError:
             return []
         return [dict(fields) for _, fields in entries]
 
     def workers(self) -> list[dict[str, Any]]:
         try:
-            keys = list(self.client.scan_iter(match=heartbeat_key("*"), count=500))
+            keys = list(self.client.scan_iter(match=heartbeat_key(self.ledger, "*"), count=500))
             values = self.client.mget(keys) if keys else []
         except redis.RedisError:
             return []

@@ -30,6 +30,7 @@ class Runtime:
     executor: ChunkExecutor
     gate: Gate
     worker: str
+    identity: str  # the ledger's (workers.identity): names its Redis keys, tasks and queue
 
 
 _RUNTIMES: dict[int, Runtime] = {}
@@ -46,7 +47,8 @@ def runtime(hostname: str | None = None) -> Runtime:
         settings = Settings.from_env()
         db = Database(settings)
         ledger = Ledger(db)
-        progress = RedisProgress(settings.redis_url)
+        identity = _known_identity() or ledger.identity()
+        progress = RedisProgress(settings.redis_url, identity)
         name = worker_name(hostname)
         rt = Runtime(
             settings=settings,
@@ -56,11 +58,12 @@ def runtime(hostname: str | None = None) -> Runtime:
             executor=ChunkExecutor(db, ledger, settings, progress, name, send=_send_chunks),
             gate=Gate(
                 db,
-                RedisLimiter(progress.client),
+                RedisLimiter(progress.client, identity),
                 settings.lease_seconds,
                 memory_mb=settings.worker_memory_mb,
             ),
             worker=name,
+            identity=identity,
         )
         _RUNTIMES.clear()
         _RUNTIMES[pid] = rt
@@ -75,4 +78,12 @@ def _send_chunks(run_id: int, chunk_nos: Sequence[int], queue: str | None) -> No
 def dispatcher(rt: Runtime) -> Dispatcher:
     from workers.celery_app import default_app
 
-    return Dispatcher(default_app(), rt.settings.queue)
+    return Dispatcher(default_app(), rt.settings.queue_for(rt.identity), rt.identity)
+
+
+def _known_identity() -> str | None:
+    """The identity the worker's app read at start-up (saves each pool process a query)."""
+    from workers.celery_app import default_app
+
+    known = default_app().conf.get("ferry_ledger")
+    return str(known) if known else None

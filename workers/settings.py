@@ -19,6 +19,7 @@ from migrations.classification import parse_setting as parse_phi_setting
 from migrations.errors import BadInput
 from workers.encryption import check_key
 from workers.failures import Breaker
+from workers.identity import default_queue
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
@@ -29,7 +30,8 @@ class Settings:
     database_url: str | None
     redis_url: str = DEFAULT_REDIS_URL
     actor: str = "unknown"
-    queue: str = "ferry"
+    # FERRY_QUEUE; None: the ledger's own queue, ``ferry.<identity>`` (workers.identity)
+    queue: str | None = None
     lease_seconds: float = 30.0
     sweep_interval: float = 5.0
     stall_seconds: float = 90.0
@@ -77,7 +79,7 @@ class Settings:
             "database_url": env.get("FERRY_DATABASE_URL") or None,
             "redis_url": env.get("FERRY_REDIS_URL") or DEFAULT_REDIS_URL,
             "actor": env.get("FERRY_ACTOR") or _os_user(),
-            "queue": env.get("FERRY_QUEUE") or "ferry",
+            "queue": env.get("FERRY_QUEUE") or None,
             "mask_key": env.get("FERRY_MASK_KEY") or None,
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
@@ -146,6 +148,10 @@ class Settings:
         if self.idle_timeout_ms:
             return self.idle_timeout_ms
         return max(1000, int(self.lease_seconds * 1000))
+
+    def queue_for(self, ledger: str) -> str:
+        """The queue of ledger ``ledger``'s tasks: FERRY_QUEUE, or the ledger's own."""
+        return self.queue or default_queue(ledger)
 
     def evolve(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -4,8 +4,11 @@
 # Celery's decorators are untyped: the file-level opt-out above says so.
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
+import sqlalchemy as sa
 from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
@@ -13,16 +16,39 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from migrations.errors import FerryError
 from workers import telemetry
-from workers.runtime import dispatcher, runtime
+from workers.identity import default_queue
+from workers.runtime import Runtime, dispatcher, runtime
 from workers.sweeper import SweeperThread
 
+log = logging.getLogger("ferry.worker")
 _threads: list[SweeperThread] = []
+# Seconds between attempts to read the ledger of a worker started while it could not.
+BIND_RETRY_S = 5.0
 
 
 @worker_ready.connect
 def start_sweeper(sender: Any = None, **_: Any) -> None:
-    rt = runtime(getattr(sender, "hostname", None))
+    """Bind the worker to its ledger: consume the ledger's own queue, start the sweeper.
+
+    A worker started with FERRY_QUEUE while its database was down does this once it can
+    read the ledger (tasks meanwhile are handed back, workers.tasks).
+    """
+    _bind(sender, in_loop=True)
+
+
+def _bind(sender: Any, *, in_loop: bool) -> None:
+    try:
+        rt = runtime(getattr(sender, "hostname", None))
+    except (sa.exc.DBAPIError, FerryError) as exc:
+        why = str(exc) if isinstance(exc, FerryError) else type(exc.orig or exc).__name__
+        log.warning("ledger not readable yet (%s): trying again in %.0fs", why, BIND_RETRY_S)
+        retry = threading.Timer(BIND_RETRY_S, _bind, args=(sender,), kwargs={"in_loop": False})
+        retry.daemon = True
+        retry.start()
+        return
+    consume_own_queue(sender, rt, in_loop=in_loop)
     thread = SweeperThread(
         rt.ledger,
         dispatcher(rt),
@@ -34,6 +60,23 @@ def start_sweeper(sender: Any = None, **_: Any) -> None:
     )
     thread.start()
     _threads.append(thread)
+
+
+def consume_own_queue(sender: Any, rt: Runtime, *, in_loop: bool) -> None:
+    """Consume the ledger's own queue too when FERRY_QUEUE names a shared one: that is where
+    a worker of another ledger forwards this ledger's tasks (workers.tasks._forward).
+
+    ``sender``: the worker's consumer. In its own thread (``in_loop``) it is told directly;
+    from another thread, through the worker's remote control, which runs it in that loop.
+    """
+    own = default_queue(rt.identity)
+    if sender is None or rt.settings.queue in (None, own):
+        return  # without FERRY_QUEUE the worker's default queue is its own already
+    if in_loop:
+        sender.add_task_queue(own)
+    else:
+        sender.app.control.add_consumer(own, destination=[sender.hostname], reply=False)
+    log.info("consuming %s, this ledger's own queue, besides %s", own, rt.settings.queue)
 
 
 @worker_shutdown.connect

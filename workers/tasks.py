@@ -13,7 +13,8 @@ import psycopg
 import sqlalchemy as sa
 from celery import shared_task
 
-from migrations.errors import PermanentChunkError, TransientChunkError
+from migrations.errors import CheckFailed, NotFound, PermanentChunkError, TransientChunkError
+from workers.identity import default_queue
 from workers.limits import Limits
 from workers.restore import restore_chunk
 from workers.runtime import Runtime, runtime
@@ -47,9 +48,9 @@ def _transient(
     return task.retry(countdown=delay)
 
 
-def _step_aside(task: Any, run_id: int, chunk_no: int, exc: sa.exc.DBAPIError) -> dict[str, Any]:
-    """This worker cannot open a connection to PostgreSQL: hand the chunk back at once, then
-    take no task for a few seconds.
+def _step_aside(task: Any, run_id: int, chunk_no: int, why: str) -> dict[str, Any]:
+    """This worker cannot open a connection to PostgreSQL (or read its ledger's identity):
+    hand the chunk back at once, then take no task for a few seconds.
 
     A worker cut off from the database but not from the broker fails every chunk at once, so
     it is the idle worker that wins every message, the retries included: the run stalls on
@@ -57,12 +58,7 @@ def _step_aside(task: Any, run_id: int, chunk_no: int, exc: sa.exc.DBAPIError) -
     worker that can reach the database take it. Not a throttle wait: this process has no
     work it could do anyway.
     """
-    log.warning(
-        "chunk %s/%s handed back: no connection to PostgreSQL (%s)",
-        run_id,
-        chunk_no,
-        type(exc.orig or exc).__name__,
-    )
+    log.warning("chunk %s/%s handed back: %s", run_id, chunk_no, why)
     chunk_outcome(run_id, "retried")
     task.retry(countdown=0.5, throw=False)
     time.sleep(UNREACHABLE_PAUSE_S * random.uniform(0.8, 1.2))
@@ -95,13 +91,64 @@ def _settled(rt: Runtime, run_id: int, chunk_no: int) -> bool:
     ignore_result=True,
     max_retries=None,
 )
-def chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
-    """Apply chunk ``chunk_no`` of run ``run_id`` (a no-op when it is already done)."""
-    rt = runtime(self.request.hostname)
+def chunk(self: Any, run_id: int, chunk_no: int, ledger: str | None = None) -> dict[str, Any]:
+    """Apply chunk ``chunk_no`` of run ``run_id`` of ledger ``ledger`` (a no-op when it is
+    already done; ``ledger`` None: a task sent before ledgers had identities)."""
+    rt = _serving(self, run_id, chunk_no, ledger)
+    if not isinstance(rt, Runtime):
+        return rt
     try:
         return _chunk(self, rt, run_id, chunk_no)
     except sa.exc.DBAPIError as exc:  # the pool could not connect (a done chunk sent again: no-op)
-        return _step_aside(self, run_id, chunk_no, exc)
+        return _step_aside(self, run_id, chunk_no, _unreachable(exc))
+
+
+def _serving(task: Any, run_id: int, chunk_no: int, ledger: str | None) -> Runtime | dict[str, Any]:
+    """This process's runtime when the task is its ledger's; else what became of the task
+    (forwarded to its own ledger's queue, or handed back while this worker cannot read its
+    ledger: database unreachable, ledger not made yet, or a copy not re-keyed)."""
+    try:
+        rt = runtime(task.request.hostname)
+    except sa.exc.DBAPIError as exc:
+        return _step_aside(task, run_id, chunk_no, _unreachable(exc))
+    except (NotFound, CheckFailed) as exc:
+        return _step_aside(task, run_id, chunk_no, str(exc))
+    if ledger is not None and ledger != rt.identity:
+        return _forward(task, rt, ledger, run_id, chunk_no)
+    return rt
+
+
+def _unreachable(exc: sa.exc.DBAPIError) -> str:
+    return f"no connection to PostgreSQL ({type(exc.orig or exc).__name__})"
+
+
+def _forward(task: Any, rt: Runtime, ledger: str, run_id: int, chunk_no: int) -> dict[str, Any]:
+    """A task of another ledger reached this worker (several ledgers' workers on one shared
+    FERRY_QUEUE): send it on to that ledger's own queue, which only its workers consume
+    (workers.signals), and take it off this one. Never dropped, and never looked up here:
+    run ``run_id`` of this ledger is another run, or none.
+
+    Sent before this task returns: a send that fails raises, and the task is retried where
+    it was (acks late), so it is not lost either way.
+    """
+    target = default_queue(ledger)
+    task.app.send_task(
+        task.name,
+        args=[int(run_id), int(chunk_no)],
+        kwargs={"ledger": ledger},
+        task_id=task.request.id,
+        queue=target,
+        shadow=f"{task.name}[{ledger} run {run_id} chunk {chunk_no}]",
+        ignore_result=True,
+    )
+    log.warning(
+        "task %s belongs to ledger %s, not this worker's (%s): forwarded to queue %s",
+        task.request.id,
+        ledger,
+        rt.identity,
+        target,
+    )
+    return {"run": run_id, "chunk": chunk_no, "outcome": "forwarded", "to": target}
 
 
 def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]:
@@ -170,9 +217,13 @@ def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]
     reject_on_worker_lost=True,
     max_retries=None,
 )
-def rollback_chunk(self: Any, run_id: int, chunk_no: int) -> dict[str, Any]:
+def rollback_chunk(
+    self: Any, run_id: int, chunk_no: int, ledger: str | None = None
+) -> dict[str, Any]:
     """Restore the pre-images of one chunk (a no-op when it is not done)."""
-    rt = runtime(self.request.hostname)
+    rt = _serving(self, run_id, chunk_no, ledger)
+    if not isinstance(rt, Runtime):
+        return rt
     try:
         result = restore_chunk(rt.db, rt.ledger, rt.settings, run_id, chunk_no)
     except TransientChunkError as exc:

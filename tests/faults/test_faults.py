@@ -26,6 +26,7 @@ from tests.helpers import (
     chunk_counts,
     fingerprint,
     launch,
+    ledger_id,
     pre_image_counts,
     prepare_reference,
     slow_spec,
@@ -232,14 +233,17 @@ def test_same_task_delivered_twice_at_once(
     # sends back for later may come back after the run ended, and end "stop", not "noop".
     run_id = launch(own_env, f"{path}:b", "--db-load", "0")
     from workers.celery_app import make_app
+    from workers.dispatch import chunk_task_id
     from workers.settings import Settings
 
     app = make_app(Settings.from_env(own_env))
+    ledger = ledger_id(db)
     for n in range(20):  # the same task again, same id, right behind the first
         app.send_task(
             "ferry.chunk",
             args=[run_id, n],
-            task_id=f"ferry:{run_id}:{n}",
+            kwargs={"ledger": ledger},
+            task_id=chunk_task_id(ledger, run_id, n),
             queue=own_env["FERRY_QUEUE"],
             ignore_result=True,
         )

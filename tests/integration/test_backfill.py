@@ -17,6 +17,7 @@ from tests.helpers import (
     copy_table,
     fingerprint,
     launch,
+    ledger_id,
     make_numbers_table,
     pre_image_counts,
     spec_file,
@@ -196,10 +197,18 @@ def test_redelivered_done_chunk_is_a_noop(
     app = make_app(
         Settings.from_env({}, database_url=database_url, redis_url=redis_url, queue=queue)
     )
-    ids = [f"ferry:{run_id}:{n}" for n in range(3)]  # the very task ids the run used
+    from workers.dispatch import chunk_task_id
+
+    ledger = ledger_id(db)
+    ids = [chunk_task_id(ledger, run_id, n) for n in range(3)]  # the very task ids the run used
     for n, task_id in enumerate(ids):
         app.send_task(
-            "ferry.chunk", args=[run_id, n], queue=queue, task_id=task_id, ignore_result=True
+            "ferry.chunk",
+            args=[run_id, n],
+            kwargs={"ledger": ledger},
+            queue=queue,
+            task_id=task_id,
+            ignore_result=True,
         )
 
     def noops() -> list[str]:

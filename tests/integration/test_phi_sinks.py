@@ -29,7 +29,8 @@ from celery import Celery
 from psycopg import sql
 
 from tests.conftest import WorkerPool, ferry
-from tests.helpers import launch, spec_file, wait_run
+from tests.helpers import launch, ledger_id, spec_file, wait_run
+from workers.progress import errors_key
 
 GARBAGE_SSN = "123-45-6789"
 FIRST = ("Zebulon", "Philippa", "Octavius", "Marisol", "Thaddeus", "Ingrid")
@@ -251,7 +252,7 @@ def test_no_phi_value_reaches_any_sink(
 
     # every Redis key and value: progress, error streams, heartbeats, throttle, Celery results
     in_redis = _redis_texts(redis_url)
-    assert f"ferry:run:{sql_run}:errors" in in_redis, "nothing scanned in Redis"
+    assert errors_key(ledger_id(db), sql_run) in in_redis, "nothing scanned in Redis"
     leaks += _leaks(in_redis, values, "redis")
 
     # the workers' log lines (INFO: every task, retry, failure)
@@ -266,7 +267,8 @@ def test_no_phi_value_reaches_any_sink(
     assert sent, "no task events captured"
     for event in sent:
         assert re.fullmatch(r"[\[(]\d+, -?\d+[\])]", event["args"]), event["args"]
-        assert event.get("kwargs") in ("{}", None), event.get("kwargs")
+        # the only keyword: the ledger's identity (workers.identity), never a value
+        assert event.get("kwargs") in (f"{{'ledger': '{ledger_id(db)}'}}", None), event
     leaks += _leaks(json.dumps(own, default=str), values, "celery events")
 
     assert not leaks, "\n".join(leaks[:40])

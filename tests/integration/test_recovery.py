@@ -18,6 +18,7 @@ from tests.helpers import (
     chunk_counts,
     fingerprint,
     launch,
+    ledger_id,
     make_numbers_table,
     pre_image_counts,
     prepare_reference,
@@ -25,6 +26,7 @@ from tests.helpers import (
     wait_run,
 )
 from workers.model import RunSpec
+from workers.progress import errors_key
 from workers.statements import Statements
 
 pytestmark = pytest.mark.usefixtures("workers")
@@ -59,7 +61,7 @@ def test_row_lock_held_by_the_application_is_waited_out(
     ).fetchone()
     assert attempts is not None and attempts[0] >= 2
     events = redis.Redis.from_url(redis_url, decode_responses=True).xrange(
-        f"ferry:run:{run_id}:errors"
+        errors_key(ledger_id(db), run_id)
     )
     kinds = {(e[1]["kind"], e[1]["message"].split()[0]) for e in events}
     assert ("retry", "55P03") in kinds  # lock_not_available, retried

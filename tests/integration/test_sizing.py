@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from tests.conftest import WorkerPool
-from tests.helpers import fingerprint, launch, prepare_reference, spec_file, wait_run
+from tests.helpers import fingerprint, launch, ledger_id, prepare_reference, spec_file, wait_run
+from workers.progress import errors_key
 
 SLOW_ROWS = """
 import time
@@ -85,6 +86,6 @@ def test_a_chunk_that_hits_statement_timeout_is_cut_in_half(
     assert max(c[3] for c in chunks) <= 200, chunks  # nothing of 400 rows could commit
     assert any(c[2] is not None for c in chunks)
     events = redis.Redis.from_url(redis_url, decode_responses=True).xrange(
-        f"ferry:run:{run_id}:errors"
+        errors_key(ledger_id(db), run_id)
     )
     assert any(e[1]["message"].startswith("57014") for e in events), events

@@ -27,9 +27,10 @@ import redis
 
 from tests import pgcluster
 from tests.conftest import WorkerPool, ferry
-from tests.helpers import make_numbers_table, slow_spec, wait_run
+from tests.helpers import ledger_id, make_numbers_table, slow_spec, wait_run
 from tests.pgcluster import missing
 from workers.limits import Limits
+from workers.progress import counters_key
 from workers.queries import ledger_migrations
 
 
@@ -249,5 +250,5 @@ def test_rediss_reaches_the_broker_and_progress_with_certificate_checks(
         assert wait_run(db, run_id) == "completed"
     finally:
         pool.stop_all()
-    assert client.llen(queue) == 0 and client.exists(f"ferry:run:{run_id}:counters")
+    assert client.llen(queue) == 0 and client.exists(counters_key(ledger_id(db), run_id))
     assert REDIS_PASSWORD not in pool.logs()

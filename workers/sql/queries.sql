@@ -337,6 +337,34 @@ SELECT value FROM ferry.meta WHERE key = %(key)s;
 -- name: put_meta
 INSERT INTO ferry.meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO NOTHING;
 
+-- name: get_identity
+-- The ledger's identity, and whether this database is where it was made (see ledger_0010);
+-- a system identifier of 0 (pg_control unreadable) leaves the database's oid to decide.
+SELECT i.id,
+       (i.born_system = s.id OR 0 IN (i.born_system, s.id))
+       AND i.born_database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AS at_home
+  FROM ferry.identity i, (SELECT ferry.system_identifier() AS id) s;
+
+-- name: rekey_identity
+-- A copy of a ledger gets an identity of its own; runs that followed the old default queue
+-- follow the new one (their tasks went to the original's queue, not this database's).
+WITH old AS (SELECT id FROM ferry.identity FOR UPDATE),
+     moved AS (
+       UPDATE ferry.identity i
+          SET id = %(new)s,
+              born_system = ferry.system_identifier(),
+              born_database = (SELECT oid FROM pg_database WHERE datname = current_database()),
+              created_at = clock_timestamp(),
+              previous = i.previous || old.id
+         FROM old
+        RETURNING old.id AS old_id, i.id AS new_id),
+     runs AS (
+       UPDATE ferry.runs r SET params = r.params - 'queue'
+         FROM moved
+        WHERE r.params->>'queue' = 'ferry.' || moved.old_id)
+SELECT old_id, new_id FROM moved;
+
 -- name: later_overlapping_runs
 SELECT id FROM ferry.runs
  WHERE id > %(run_id)s AND spec->>'schema' = %(schema)s AND spec->>'table' = %(table)s

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from workers.identity import check
+
 # Seconds a waiting chunk keeps its place after it was due back: a task returns a little late
 # when its worker was busy with another chunk.
 TURN_GRACE = 10.0
@@ -85,58 +87,67 @@ def smoothed(last: float | None, new: float) -> float:
     return new if last is None else 0.7 * last + 0.3 * new
 
 
-def slots_key(scope: str) -> str:
-    return f"ferry:slots:{scope}"
+# Every key carries the ledger's identity (workers.identity): scopes name runs, and run ids
+# are only unique inside one ledger.
+def slots_key(ledger: str, scope: str) -> str:
+    return f"ferry:{check(ledger)}:slots:{scope}"
 
 
-def bucket_key(scope: str) -> str:
-    return f"ferry:bucket:{scope}"
+def bucket_key(ledger: str, scope: str) -> str:
+    return f"ferry:{check(ledger)}:bucket:{scope}"
 
 
-def line_keys(scope: str) -> list[str]:
+def line_keys(ledger: str, scope: str) -> list[str]:
     # One script touches both: the braces keep them in one hash slot of a Redis Cluster.
-    return [f"ferry:line:{{{scope}}}", f"ferry:due:{{{scope}}}"]
+    tag = f"{{{check(ledger)}:{scope}}}"
+    return [f"ferry:{ledger}:line:{tag}", f"ferry:{ledger}:due:{tag}"]
 
 
 class RedisLimiter:
-    def __init__(self, client: Any) -> None:
+    """The limits of ledger ``ledger``'s runs."""
+
+    def __init__(self, client: Any, ledger: str) -> None:
         self.client = client
+        self.ledger = check(ledger)
         self._semaphore = client.register_script(SEMAPHORE)
         self._bucket = client.register_script(BUCKET)
         self._turn = client.register_script(TURN)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisLimiter:
-        return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2))
+    def from_url(cls, url: str, ledger: str) -> RedisLimiter:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        return cls(client, ledger)
 
     def acquire(self, scope: str, holder: str, limit: int, lease: float) -> bool:
-        return bool(self._semaphore(keys=[slots_key(scope)], args=[holder, limit, lease]))
+        return bool(
+            self._semaphore(keys=[slots_key(self.ledger, scope)], args=[holder, limit, lease])
+        )
 
     def release(self, scope: str, holder: str) -> None:
-        self.client.zrem(slots_key(scope), holder)
+        self.client.zrem(slots_key(self.ledger, scope), holder)
 
     def take(self, scope: str, amount: float, rate: float) -> float:
-        return float(self._bucket(keys=[bucket_key(scope)], args=[amount, rate, 0]))
+        return float(self._bucket(keys=[bucket_key(self.ledger, scope)], args=[amount, rate, 0]))
 
     def charge(self, scope: str, amount: float, rate: float) -> None:
-        self._bucket(keys=[bucket_key(scope)], args=[amount, rate, 1])
+        self._bucket(keys=[bucket_key(self.ledger, scope)], args=[amount, rate, 1])
 
     def typical(self, scope: str) -> float | None:
-        value = self.client.hget(bucket_key(scope), "typical")
+        value = self.client.hget(bucket_key(self.ledger, scope), "typical")
         return float(value) if value else None
 
     def turn(self, scope: str, member: str, earliest: float, pace: float, horizon: float) -> float:
         args = [member, earliest, pace, horizon, TURN_GRACE]
-        return float(self._turn(keys=line_keys(scope), args=args))
+        return float(self._turn(keys=line_keys(self.ledger, scope), args=args))
 
     def leave(self, scope: str, member: str) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for key in line_keys(scope):
+        for key in line_keys(self.ledger, scope):
             pipe.zrem(key, member)
         pipe.execute()
 
     def clear_line(self, scope: str) -> None:
-        self.client.delete(*line_keys(scope))
+        self.client.delete(*line_keys(self.ledger, scope))
 
     def holders(self, scope: str) -> int:
-        return int(self.client.zcard(slots_key(scope)))
+        return int(self.client.zcard(slots_key(self.ledger, scope)))
