@@ -168,9 +168,12 @@ def verify_table(report: dict[str, Any]) -> None:
         console.print(f"    {v['field']} ({v['type']}): {v['rows']:,} rows: {v['message']}")
     d = report["drift"]
     console.print(
-        f"  drift ({d['method']}): {d['rows']:,} row(s) changed after their chunk ran"
-        + (f"; re-apply with: ferry launch REF --catch-up {report['run_id']}" if d["rows"] else "")
+        f"  drift {mark[d.get('ok', not d['rows'])]} ({d['method']}): "
+        f"{d['rows']:,} row(s) changed after their chunk ran"
     )
+    if d.get("catch_up"):
+        console.print("    re-apply the run to them with:")
+        console.print(f"    {d['catch_up']}", markup=False, soft_wrap=True)
 
 
 def quarantine_table(result: dict[str, Any]) -> None:

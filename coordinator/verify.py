@@ -10,12 +10,14 @@ Four checks, all on one REPEATABLE READ snapshot:
 - rules: no row of the run, quarantined ones aside, breaks an error rule now;
 - drift: rows the application changed after their chunk was applied, found
   from an updated-at column where the table has one (no rescan), else from
-  xmin (a scan of the run's ranges). Drift is reported, not a failure; it is
-  what ``ferry launch REF --catch-up RUN`` re-applies.
+  xmin (a scan of the run's ranges). Drift fails the verification: the table no
+  longer holds what the run promised for those rows until
+  ``ferry launch REF --catch-up RUN`` re-applies them (the report says the command).
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import psycopg
@@ -83,7 +85,11 @@ def verify(ctx: Context, run_id: int, *, sample: int = 1000) -> dict[str, Any]:
             report = _verify(conn, ctx, run, st, checks, sample)
         finally:
             conn.rollback()
-    report["ok"] = all(report[k]["ok"] for k in ("counts", "checksum", "rules"))
+    drift = report["drift"]
+    drift["ok"] = drift["rows"] == 0
+    if drift["rows"]:
+        drift["catch_up"] = catch_up_command(run)
+    report["ok"] = all(report[k]["ok"] for k in ("counts", "checksum", "rules", "drift"))
     if run.spec.key in run.spec.extra.get("phi", ()):  # a PHI key: listed keys are values
         key = ctx.ledger.mask_key(ctx.settings.mask_key).encode()
         for part, field in (("drift", "keys"), ("checksum", "keys_that_differ")):
@@ -107,6 +113,11 @@ def verify(ctx: Context, run_id: int, *, sample: int = 1000) -> dict[str, Any]:
             params={"ok": report["ok"], "drift": report["drift"]["rows"]},
         )
     return report
+
+
+def catch_up_command(run: Run) -> str:
+    """The command that re-applies the run to the rows that drifted, ready to paste."""
+    return f"ferry launch {shlex.quote(run.spec.reference)} --catch-up {run.id}"
 
 
 def _verify(

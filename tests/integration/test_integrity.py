@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -273,9 +274,17 @@ b = Backfill(table="pat", key="id", reads=["raw_code"], writes=["code"],
     # the application keeps writing: three rows change after their chunk was applied
     stamp = ", updated_at = clock_timestamp()" if with_column else ""
     db.execute(f"UPDATE pat SET raw_code = 'new-' || id{stamp} WHERE id IN (5, 150, 499)")
-    drifted = json.loads(ferry("verify", str(run_id), "--json", env=env).stdout)
-    assert drifted["ok"] and drifted["drift"]["rows"] == 3
+    proc = ferry("verify", str(run_id), "--json", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # drift is a failed verification
+    drifted = json.loads(proc.stdout)
+    assert not drifted["ok"] and not drifted["drift"]["ok"] and drifted["drift"]["rows"] == 3
     assert sorted(drifted["drift"]["keys"], key=int) == ["5", "150", "499"]
+    assert drifted["counts"]["ok"] and drifted["checksum"]["ok"] and drifted["rules"]["ok"]
+    command = f"ferry launch {shlex.quote(f'{path}:b')} --catch-up {run_id}"
+    assert drifted["drift"]["catch_up"] == command
+    human = ferry("verify", str(run_id), env=env)
+    assert human.returncode == 1
+    assert f"{command}\n" in human.stdout
 
     proc = ferry("launch", f"{path}:b", "--catch-up", str(run_id), "--json", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -321,3 +330,38 @@ b = Backfill(table="pat", key="id", reads=["raw_weight"], writes=["weight"],
     assert db.execute(
         "SELECT count(*) FROM ferry.verifications WHERE run_id = %s", (run_id,)
     ).fetchone() == (2,)
+
+
+@pytest.mark.parametrize("mode", ["sql", "pandas"])
+def test_only_the_checksum_catches_a_wrong_value(
+    mode: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A written value changed behind the drift detector's back (the updated-at column not
+    bumped): counts, rules and drift all hold, so the checksum alone must fail the run."""
+    _patients(db)
+    transform = (
+        'sql={"code": "upper(raw_code)"}'
+        if mode == "sql"
+        else 'transform=lambda df: df.assign(code=df["raw_code"].str.upper())[["id", "code"]]'
+    )
+    path = spec_file(
+        tmp_path,
+        f"""
+b = Backfill(table="pat", key="id", reads=["raw_code"], writes=["code"], {transform},
+             chunk_size=100)
+""",
+    )
+    run_id = launch(env, f"{path}:b")
+    assert wait_run(db, run_id) == "completed"
+    assert ferry("verify", str(run_id), env=env).returncode == 0
+    # one written value altered, updated_at left as it was: no drift is seen
+    db.execute("UPDATE pat SET code = code || ' ' WHERE id = 321")
+    proc = ferry("verify", str(run_id), "--json", "--sample", "1000", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["counts"]["ok"] and report["rules"]["ok"]
+    assert report["drift"]["rows"] == 0 and report["drift"]["ok"]
+    checksum = report["checksum"]
+    assert not checksum["ok"] and checksum["sample"] == 500
+    assert checksum["rows_that_differ"] == 1 and checksum["keys_that_differ"] == ["321"]
+    assert checksum["table"] != checksum["recomputed"]
