@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -93,6 +94,7 @@ class Settings:
                 except ValueError:
                     raise BadInput(f"{name} must be a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _check_redis_url(values["redis_url"])
         return cls(**values)
 
     @property
@@ -119,9 +121,30 @@ class Settings:
             url = make_url(self.database_url)
         except ArgumentError:
             raise BadInput("FERRY_DATABASE_URL is not a valid database URL") from None
+        except ValueError:  # SQLAlchemy reads the port with int(): ':notaport', '[::1'
+            raise BadInput(
+                "FERRY_DATABASE_URL is not a valid database URL: its host or port is malformed"
+                " (an IPv6 host goes in brackets: postgresql://user@[::1]:5432/db)"
+            ) from None
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise BadInput("FERRY_DATABASE_URL must be a postgresql:// URL")
         return url.set(drivername="postgresql+psycopg")
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse a Redis URL whose shape is wrong before anything is recorded: redis-py and kombu
+    would raise a bare ValueError only once the run exists (the URL is not shown: it may hold
+    a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- reading it checks it
+    except ValueError:
+        raise BadInput(
+            "FERRY_REDIS_URL is not a valid URL: its host or port is malformed"
+            " (an IPv6 host goes in brackets: redis://[::1]:6379/0)"
+        ) from None
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+socket"):
+        raise BadInput("FERRY_REDIS_URL must be a redis://, rediss:// or unix:// URL")
 
 
 def _os_user() -> str:

@@ -131,3 +131,48 @@ def test_plan_reports_capacity(
     assert plan["disk_needed_bytes"] > 0 and plan["estimated_seconds"] >= 0
     assert plan["disk_free_bytes"] > plan["disk_needed_bytes"] and plan["fits"] is True
     assert plan["sample_would_write"] > 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("FERRY_DATABASE_URL", "postgresql://u:s3cretPW@127.0.0.1:notaport/db"),
+        ("FERRY_DATABASE_URL", "postgresql://postgres:s3cretPW@[::1/test"),
+        ("FERRY_REDIS_URL", "redis://:s3cretPW@127.0.0.1:notaport/0"),
+        ("FERRY_REDIS_URL", "redis://:s3cretPW@[::1/0"),
+        ("FERRY_REDIS_URL", "http://127.0.0.1:6379/0"),
+    ],
+)
+def test_malformed_urls_exit_2_in_one_line(
+    variable: str,
+    url: str,
+    victim: str,
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    path = spec_file(
+        tmp_path,
+        'b = Backfill(table="victim", key="id", writes=["score"], '
+        'sql={"score": "b"}, chunk_size=100)\n',
+    )
+    before = _state(db)
+    for args in (("status", "1"), ("launch", f"{path}:b")):
+        proc = ferry(*args, env={**env, variable: url})
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ferry: error: {variable}"), proc.stderr
+        assert "s3cretPW" not in proc.stderr + proc.stdout
+    assert _state(db) == before
+
+
+def test_names_in_connection_and_catalog_errors_are_not_masked(
+    victim: str, env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    """Which host, database or table is wrong is what the user must read: identifiers are not
+    row values, and masking them left `database "***" does not exist`."""
+    gone = database_url.rsplit("/", 1)[0] + "/ferry_no_such_db"
+    proc = ferry("status", "1", env={**env, "FERRY_DATABASE_URL": gone})
+    assert proc.returncode == 1
+    assert 'database "ferry_no_such_db" does not exist' in proc.stderr, proc.stderr
+    assert 'server at "127.0.0.1"' in proc.stderr, proc.stderr
