@@ -84,7 +84,7 @@ class Context:
 # -- init ----------------------------------------------------------------------------------
 def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
     """Create or upgrade the ledger; with ``roles``, also the least-privilege group roles."""
-    applied = ctx.ledger.init()
+    applied = ctx.ledger.init(mask_key=ctx.settings.mask_key)
     made: dict[str, Any] | None = None
     with ctx.db.transaction() as conn:
         if roles:
@@ -400,7 +400,7 @@ def _preflight(
 
                 read = stage_input(conn, RunContext.build(run_id, spec), sample)
             args = ChunkArgs(
-                run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight", rows_read=read
+                run_id=run_id, chunk_no=-1, range=sample, rows_read=read
             )
             counts = conn.execute(statements.apply(args)).fetchone()
     except psycopg.Error as exc:

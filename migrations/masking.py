@@ -1,14 +1,14 @@
 """Masking of row values and secrets before they reach any sink.
 
 Rows are patient records: a value may go to a log line, a Redis event, an
-exception stored in the ledger or a span only as ``***`` plus a short keyed
-hash, so equal values can be correlated without being revealed.
+exception stored in the ledger or a span only as ``***``, or as ``***`` plus 8 hex
+digits of HMAC-SHA-256 under the ledger's masking key, so equal values can be
+correlated without being revealed. That keyed form is computed in the database
+only (``ferry.mask()``, ledger version 15): the key never reaches Python.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections.abc import Iterable
 
@@ -18,14 +18,6 @@ MASK = "***"
 _QUOTED = re.compile(r"\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'")
 _DETAIL = re.compile(r"\)=\(.*?\)(?=[ ,.;]|$)")
 _DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-
-
-def mask_value(value: object, key: bytes) -> str:
-    """``***`` plus 8 hex digits of an HMAC of the value; NULL stays visible."""
-    if value is None:
-        return "NULL"
-    digest = hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()
-    return f"{MASK}{digest[:8]}"
 
 
 # A quoted word right after one of these names an object, a host or a role, not a row value:

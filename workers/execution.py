@@ -314,7 +314,6 @@ class ChunkExecutor:
             run_id=run_id,
             chunk_no=chunk_no,
             range=key_range,
-            mask_key=self.ledger.mask_key(self.settings.mask_key),
             rows_read=rows_read,
         )
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks

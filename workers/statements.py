@@ -106,7 +106,6 @@ class ChunkArgs:
     run_id: int
     chunk_no: int
     range: KeyRange
-    mask_key: str
     # pandas path: the rows the chunk's COPY read (the staged rows are those, or fewer)
     rows_read: int | None = None
 
@@ -562,8 +561,7 @@ quarantined AS (
   INSERT INTO ferry.quarantine (run_id, chunk_no, row_key, rule_index, field, rule_type,
                                 message, value_masked)
   SELECT {run_id}, {chunk_no}, j.{k}::text, r.idx, r.field, r.rule_type, r.message,
-         '***' || left(encode(sha256(convert_to({mask_key} || '|' || {masked}, 'UTF8')),
-                              'hex'), 8)
+         ferry.mask({masked})
     FROM judged j JOIN rules r ON r.idx = j.{b} WHERE r.action = 'skip'
   RETURNING id, row_key),
 raw_values AS (
@@ -598,7 +596,6 @@ raw_values AS (
                 else _masked_value(errors)
             ),
             run_id=sql.Literal(int(args.run_id)),
-            mask_key=sql.Literal(args.mask_key),
             **parts,
         )
 

@@ -7,6 +7,8 @@ first broken row.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -17,10 +19,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from tests.conftest import WorkerPool, ferry
 from tests.helpers import launch, spec_file, wait_run
+from workers.ledger import q
+from workers.model import Run
+from workers.statements import ChunkArgs, KeyRange, Statements
 
 SPEC = """
 b = Backfill(table="{table}", key="id", reads=["raw"], writes=["val"],
@@ -323,6 +331,8 @@ def test_roles(scratch: tuple[str, dict[str, str]]) -> None:
                     "SELECT * FROM ferry.quarantine_values",
                     "SELECT * FROM ferry.backup_999",
                     "SELECT * FROM ferry.meta",
+                    "SELECT * FROM ferry.mask_secret",
+                    "SELECT ferry.mask('123-45-6789')",  # an oracle for brute force
                     "INSERT INTO ferry.audit_log (actor, host, action) VALUES ('m', 'h', 'x')",
                     "UPDATE ferry.audit_log SET actor = 'm'",
                     "DELETE FROM ferry.audit_log",
@@ -336,7 +346,11 @@ def test_roles(scratch: tuple[str, dict[str, str]]) -> None:
                     "INSERT INTO ferry.audit_log (actor, host, action) VALUES ('w', 'h', 'x')"
                 )
                 conn.execute("INSERT INTO ferry.backup_999 VALUES (0, 1, 'old')")
+                masked = conn.execute("SELECT ferry.mask('x')").fetchone()
+                assert masked is not None and masked[0].startswith("***")
                 for statement in (
+                    "SELECT * FROM ferry.mask_secret",
+                    "SELECT ferry.set_mask_key('0123456789abcdef0123')",
                     "UPDATE ferry.audit_log SET actor = 'w'",
                     "DELETE FROM ferry.audit_log",
                     "UPDATE ferry.audit_chain SET last_hash = 'x'",
@@ -452,3 +466,65 @@ def test_a_run_works_with_the_least_privilege_roles(
             pool.stop_all()
             for name in (coord, worker):
                 db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _reference_mask(key: bytes, value: str) -> str:
+    """The masking definition (HMAC-SHA-256, 8 hex digits) computed apart from the database."""
+    return "***" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")))
+def test_sql_masking_is_the_hmac(database_url: str, value: str) -> None:
+    """One definition: what the database computes is HMAC-SHA-256 under the key, for any
+    text, the Python reference agreeing byte for byte (keys of every length a user may give)."""
+    with psycopg.connect(database_url, autocommit=True) as db, db.transaction(force_rollback=True):
+        for key in (b"k" * 16, b"0123456789abcdef" * 4, b"long key " * 20):
+            db.execute("SELECT ferry.set_mask_key(%s)", (key,))
+            got = db.execute("SELECT ferry.mask(%s)", (value,)).fetchone()
+            assert got == (_reference_mask(key, value),)
+
+
+def test_the_masking_key_stays_in_its_vault(
+    scratch: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A run with a rule masks in the database: the key is in no statement Ferry builds,
+    no ledger table anyone but the owner may read, and a missing key is an error."""
+    url, env = scratch
+    env = {**env, "FERRY_QUEUE": f"vault-{uuid.uuid4().hex[:8]}"}
+    key = "correlate-across-ledgers-2026"
+    ferry("init", env={**env, "FERRY_MASK_KEY": key}, check=True)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE TABLE vault (id integer PRIMARY KEY, raw text, val numeric)")
+        db.execute("INSERT INTO vault SELECT g, (g * 7)::text, NULL FROM generate_series(1, 60) g")
+        assert db.execute(
+            "SELECT count(*) FROM ferry.meta WHERE value LIKE %s", (f"%{key}%",)
+        ).fetchone() == (0,)
+        pool = WorkerPool(env, tmp_path)
+        try:
+            pool.start("vault")
+            run_id = launch(env, f"{spec_file(tmp_path, SPEC.format(table='vault'))}:b")
+            # rows quarantined by rule: completed_with_errors until issue 24 lands
+            assert wait_run(db, run_id) in ("completed", "completed_with_errors")
+        finally:
+            pool.stop_all()
+        masked = db.execute(
+            "SELECT q.value_masked, v.raw FROM ferry.quarantine q "
+            "JOIN vault v ON v.id::text = q.row_key WHERE q.run_id = %s",
+            (run_id,),
+        ).fetchall()
+        assert len(masked) == 46  # raw 105..420 break 0..100
+        for value_masked, raw in masked:
+            assert value_masked == _reference_mask(key.encode(), raw)
+        stored = db.cursor(row_factory=dict_row).execute(q("get_run"), {"run_id": run_id})
+        run = Run.from_row(stored.fetchone() or {})
+        text = (
+            Statements(run.spec, run_id)
+            .apply(ChunkArgs(run_id=run_id, chunk_no=0, range=KeyRange(None, "40")))
+            .as_string(db)
+        )
+        assert "ferry.mask(" in text and key not in text
+        assert key not in pool.logs()
+        db.execute("DELETE FROM ferry.mask_secret")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="masking key"):
+            db.execute("SELECT ferry.mask('x')")
