@@ -77,6 +77,10 @@ class Context:
             RedisLimiter(self.progress.client).clear_line(f"run:{run_id}")
 
     def close(self) -> None:
+        if "ledger" in self.__dict__ and self.ledger.appended:
+            from coordinator.audit_seal import seal
+
+            seal(self)
         for closer in self._closers:
             closer()
 
@@ -85,6 +89,12 @@ class Context:
 def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
     """Create or upgrade the ledger; with ``roles``, also the least-privilege group roles."""
     applied = ctx.ledger.init(mask_key=ctx.settings.mask_key)
+    if 1 in applied:  # a new ledger: heads sealed at this address were another ledger's
+        from coordinator.audit_seal import heads_path
+
+        old = heads_path(ctx)
+        if old.exists():
+            old.rename(old.with_suffix(f".replaced-{int(time.time())}.jsonl"))
     made: dict[str, Any] | None = None
     with ctx.db.transaction() as conn:
         if roles:

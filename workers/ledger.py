@@ -35,6 +35,7 @@ def q(name: str) -> str:
 class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.appended = False  # an audit row was written: coordinator.audit_seal seals it
 
     # -- schema ------------------------------------------------------------------------------
     def init(self, *, wait_seconds: float = 30.0, mask_key: str | None = None) -> list[int]:
@@ -339,3 +340,4 @@ class Ledger:
                 "params": Jsonb(json.loads(json.dumps(params or {}, default=str))),
             },
         )
+        self.appended = True

@@ -50,6 +50,10 @@ class Settings:
     backoff_max: float = 60.0
     visibility_timeout: int = 900
     mask_key: str | None = None
+    # The audit chain's head is sealed under this key outside the database (coordinator.audit_seal)
+    audit_key: str | None = None
+    audit_heads: str | None = None
+    audit_webhook: str | None = None
     worker_memory_mb: int | None = None
     phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
     encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
@@ -63,6 +67,9 @@ class Settings:
             "actor": env.get("FERRY_ACTOR") or _os_user(),
             "queue": env.get("FERRY_QUEUE") or "ferry",
             "mask_key": env.get("FERRY_MASK_KEY") or None,
+            "audit_key": _secret(env, "FERRY_AUDIT_KEY"),
+            "audit_heads": env.get("FERRY_AUDIT_HEADS") or None,
+            "audit_webhook": env.get("FERRY_AUDIT_WEBHOOK") or None,
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
         }
@@ -129,6 +136,23 @@ class Settings:
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise BadInput("FERRY_DATABASE_URL must be a postgresql:// URL")
         return url.set(drivername="postgresql+psycopg")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME``, or the contents of the file ``NAME_FILE`` (a mounted secret)."""
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            value = fh.read().strip()
+    except OSError as exc:
+        raise BadInput(f"{name}_FILE cannot be read: {exc.strerror}") from None
+    if not value:
+        raise BadInput(f"{name}_FILE is empty")
+    return value
 
 
 def _check_redis_url(url: str) -> None:

@@ -528,3 +528,94 @@ def test_the_masking_key_stays_in_its_vault(
         db.execute("DELETE FROM ferry.mask_secret")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="masking key"):
             db.execute("SELECT ferry.mask('x')")
+
+
+REWRITE = """
+ALTER TABLE ferry.audit_log DISABLE TRIGGER USER;
+ALTER TABLE ferry.audit_chain DISABLE TRIGGER USER;
+UPDATE ferry.audit_log SET actor = 'mallory' WHERE id = (SELECT min(id) FROM ferry.audit_log);
+DO $$
+DECLARE r record; h text := repeat('0', 64); last bigint;
+BEGIN
+  FOR r IN SELECT * FROM ferry.audit_log ORDER BY id LOOP
+    UPDATE ferry.audit_log SET prev_hash = h,
+           row_hash = ferry.audit_row_hash(h, r.id, r.at, r.actor, r.host, r.action,
+                                           r.run_id, r.params)
+     WHERE id = r.id RETURNING row_hash INTO h;
+    last := r.id;
+  END LOOP;
+  UPDATE ferry.audit_chain SET last_id = last, last_hash = h WHERE id = 1;
+END $$;
+ALTER TABLE ferry.audit_log ENABLE TRIGGER USER;
+ALTER TABLE ferry.audit_chain ENABLE TRIGGER USER;
+"""
+
+
+@pytest.fixture
+def owned(database_url: str, env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A ledger whose database belongs to a login role that is no superuser, the audit key
+    in a file beside the sealed heads, and a declared actor that is not that role."""
+    name = f"ferry_own_{uuid.uuid4().hex[:8]}"
+    server = database_url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("an audit key the database never sees\n")
+    own = {
+        **env,
+        "FERRY_DATABASE_URL": server.replace("postgres@", f"{name}@") + f"/{name}",
+        "FERRY_AUDIT_KEY_FILE": str(key_file),
+        "FERRY_AUDIT_HEADS": str(tmp_path / "heads.jsonl"),
+        "FERRY_ACTOR": "alice",
+    }
+    try:
+        ferry("init", env=own, check=True)
+        yield own
+    finally:
+        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_the_owners_rewrite_of_the_chain_is_caught(owned: dict[str, str]) -> None:
+    """The review's attack, as the ledger's owner (no superuser): triggers off, an actor
+    changed, every hash recomputed, the head moved. The chain alone still holds; the head
+    sealed outside the database does not."""
+    for _ in range(3):
+        ferry("init", env=owned, check=True)  # each appends an audit row and seals the head
+    heads = Path(owned["FERRY_AUDIT_HEADS"]).read_text().splitlines()
+    assert len(heads) == 4 and all(json.loads(h)["mac"] for h in heads)
+    intact = ferry("audit", "verify", "--json", env=owned)
+    assert intact.returncode == 0, intact.stderr
+    assert json.loads(intact.stdout)["sealed_heads"] == 4
+
+    listed = json.loads(ferry("audit", "list", "--json", env=owned).stdout)
+    user = owned["FERRY_DATABASE_URL"].rsplit("/", 1)[1]
+    assert {(e["actor"], e["params"]["session_user"]) for e in listed} == {("alice", user)}
+
+    with psycopg.connect(owned["FERRY_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(REWRITE)
+    unkeyed = {k: v for k, v in owned.items() if k != "FERRY_AUDIT_KEY_FILE"}
+    assert ferry("audit", "verify", env=unkeyed).returncode == 0  # the chain alone: fooled
+    proc = ferry("audit", "verify", "--json", env=owned)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    broken = json.loads(proc.stdout)
+    assert broken["broken_at"] == json.loads(heads[0])["id"]
+    assert "sealed outside the database" in broken["reason"]
+
+
+def test_a_forged_sealed_head_is_refused(owned: dict[str, str]) -> None:
+    path = Path(owned["FERRY_AUDIT_HEADS"])
+    line = json.loads(path.read_text().splitlines()[-1])
+    line["hash"] = "0" * 64
+    with path.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    proc = ferry("audit", "verify", env=owned)
+    assert proc.returncode == 1 and "not sealed with FERRY_AUDIT_KEY" in proc.stderr, proc.stderr
