@@ -4,13 +4,16 @@ The chain itself is written by the database (``ledger_0005_security.sql``): each
 ``row_hash`` is sha256 over the previous row's hash and its own canonical content, so
 altering, deleting or slipping in a row anywhere breaks the chain from that row on.
 Verification recomputes every hash on one snapshot and compares the end of the chain with
-the chain head, which also catches rows deleted from the end.
+the chain head, which also catches rows deleted from the end. The owner of the ledger could
+recompute the chain after a rewrite; the heads sealed outside the database
+(``coordinator.audit_seal``, with ``FERRY_AUDIT_KEY``) catch that: each must still stand.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from coordinator.audit_seal import sealed
 from migrations.errors import CheckFailed
 
 if TYPE_CHECKING:
@@ -50,6 +53,17 @@ def verify(ctx: Context) -> dict[str, Any]:
     (the head moves with every chained insert), so they are forgeries too.
     """
     ctx.ledger.require()
+    heads = sealed(ctx)
+    forged = next((h for h in heads if h["forged"]), None)
+    if forged is not None:
+        raise ChainBroken(
+            None, f"line {forged['line']} of the sealed heads is not sealed with FERRY_AUDIT_KEY", 0
+        )
+    # every sealed row must stand; a row sealed twice with two hashes is a rewrite too
+    wanted: dict[int, str] = {}
+    for seal in heads:
+        if wanted.setdefault(int(seal["id"]), str(seal["hash"])) != seal["hash"]:
+            raise ChainBroken(int(seal["id"]), "it was sealed twice with different hashes", 0)
     checked = 0
     expected_prev = GENESIS
     before_prev: str | None = None  # the hash two rows back: tells a forged row from a gap
@@ -72,6 +86,13 @@ def verify(ctx: Context) -> dict[str, Any]:
                             checked - 1,
                         )
                     _check_row(row, expected_prev, head, checked)
+                    if wanted.pop(row["id"], row["row_hash"]) != row["row_hash"]:
+                        raise ChainBroken(
+                            row["id"],
+                            "it differs from the head sealed outside the database: the log was "
+                            "rewritten at or before it",
+                            checked,
+                        )
                     before_prev, expected_prev = expected_prev, row["row_hash"]
                     previous_id = row["id"]
                     checked += 1
@@ -81,7 +102,17 @@ def verify(ctx: Context) -> dict[str, Any]:
         raise ChainBroken(
             head["last_id"], "the last row(s) of the log were deleted or rewritten", checked
         )
-    return {"ok": True, "rows": checked, "last_id": head["last_id"], "last_hash": expected_prev}
+    if wanted:
+        gone = min(wanted)
+        raise ChainBroken(gone, "a row sealed outside the database is gone from the log", checked)
+    return {
+        "ok": True,
+        "rows": checked,
+        "last_id": head["last_id"],
+        "last_hash": expected_prev,
+        "sealed_heads": len(heads),
+        "keyed": bool(ctx.settings.audit_key),
+    }
 
 
 def _check_row(row: dict[str, Any], expected_prev: str, head: dict[str, Any], checked: int) -> None:

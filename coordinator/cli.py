@@ -63,10 +63,10 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except FerryError as exc:
             _fail(str(exc), exc.exit_code)
         except psycopg.OperationalError as exc:
-            _fail(
-                f"database unavailable: {mask_text(str(exc).splitlines()[0] if str(exc) else '')}",
-                1,
-            )
+            # libpq's connection messages name the host, port, database and role (never row
+            # data): shown as they are, a password in a URL masked.
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"database unavailable: {mask_text(first, names=True)}", 1)
         except redis.RedisError as exc:
             _fail(f"redis unavailable: {_reason(exc)}", 1)
         except Exception as exc:  # kombu/celery connection errors have no common base

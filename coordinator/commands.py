@@ -87,6 +87,10 @@ class Context:
             RedisLimiter(self.progress.client, self.identity).clear_line(f"run:{run_id}")
 
     def close(self) -> None:
+        if "ledger" in self.__dict__ and self.ledger.appended:
+            from coordinator.audit_seal import seal
+
+            seal(self)
         for closer in self._closers:
             closer()
 
@@ -94,8 +98,14 @@ class Context:
 # -- init ----------------------------------------------------------------------------------
 def init(ctx: Context, *, roles: bool = False) -> dict[str, Any]:
     """Create or upgrade the ledger; with ``roles``, also the least-privilege group roles."""
-    applied = ctx.ledger.init()
+    applied = ctx.ledger.init(mask_key=ctx.settings.mask_key)
     rekeyed = ctx.ledger.rekeyed
+    if 1 in applied:  # a new ledger: heads sealed at this address were another ledger's
+        from coordinator.audit_seal import heads_path
+
+        old = heads_path(ctx)
+        if old.exists():
+            old.rename(old.with_suffix(f".replaced-{int(time.time())}.jsonl"))
     made: dict[str, Any] | None = None
     with ctx.db.transaction() as conn:
         if roles:
@@ -422,7 +432,7 @@ def _preflight(
 
                 read = stage_input(conn, RunContext.build(run_id, spec), sample)
             args = ChunkArgs(
-                run_id=run_id, chunk_no=-1, range=sample, mask_key="preflight", rows_read=read
+                run_id=run_id, chunk_no=-1, range=sample, rows_read=read
             )
             counts = conn.execute(statements.apply(args)).fetchone()
     except psycopg.Error as exc:

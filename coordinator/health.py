@@ -78,8 +78,11 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         }
         for r in ledger_errors
     ]
+    # A failed chunk changed nothing, but the run's done chunks did: the table holds a partly
+    # applied run, which a rollback (or a retry once the cause is fixed) must settle.
+    partial = int(by_status["done"]["rows_written"]) if "done" in by_status else 0
     failures = [
-        {"chunk": r["chunk_no"], **r["error_info"]}
+        {"chunk": r["chunk_no"], **r["error_info"], "rollbackRequired": partial > 0}
         for r in ledger_errors
         if r["status"] == "failed" and r["error_info"]
     ]

@@ -11,7 +11,6 @@ raw values are stored encrypted and decrypted only by an unmasking export.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import psycopg
 
 from coordinator.commands import Context, send_again
 from migrations.errors import CheckFailed
-from migrations.masking import MASK, mask_value
 from workers.encryption import unmasked_rows
 from workers.failures import describe
 from workers.ledger import q
@@ -33,10 +31,11 @@ def summary(ctx: Context, run_id: int) -> dict[str, Any]:
         run = ctx.ledger.get_run(run_id, conn)
         rules = [dict(r) for r in conn.execute(q("quarantine_summary"), {"run_id": run_id})]
     phi = _phi(run)
-    if run.spec.key in phi:
-        mask = key_masker(ctx)
+    if run.spec.key in phi:  # ``row_key masked-value``: the key masked too, as a value
+        split = [e.rpartition(" ") for rule in rules for e in rule["examples"]]
+        masked = iter(ctx.ledger.mask([key for key, _, _ in split]))
         for rule in rules:
-            rule["examples"] = [_mask_example(e, mask) for e in rule["examples"]]
+            rule["examples"] = [f"{next(masked)} {e.rpartition(' ')[2]}" for e in rule["examples"]]
     for rule in rules:
         rule["phi"] = rule["field"] in phi
     return {"run_id": run_id, "rows": sum(r["rows"] for r in rules), "rules": rules, "phi": phi}
@@ -45,22 +44,6 @@ def summary(ctx: Context, run_id: int) -> dict[str, Any]:
 def _phi(run: Run) -> list[str]:
     """The run's PHI columns as stored with its spec (empty for runs before classification)."""
     return list(run.spec.extra.get("phi", ()))
-
-
-def key_masker(ctx: Context) -> Callable[[Any], str]:
-    """Masks a PHI key as a value (``***`` + keyed hash). A role that may not read the
-    masking key (``ferry_monitor``: ``ferry.meta`` is withheld) gets bare ``***``."""
-    try:
-        secret = ctx.ledger.mask_key(ctx.settings.mask_key).encode()
-    except psycopg.Error:
-        return lambda value: MASK
-    return lambda value: mask_value(value, secret)
-
-
-def _mask_example(example: str, mask: Callable[[Any], str]) -> str:
-    """``row_key masked-value``: the key masked too (a PHI key), the value already is."""
-    row_key, _, value = example.rpartition(" ")
-    return f"{mask(row_key)} {value}"
 
 
 def export(ctx: Context, run_id: int, path: Path, *, unmask: bool = False) -> int:
@@ -77,20 +60,21 @@ def export(ctx: Context, run_id: int, path: Path, *, unmask: bool = False) -> in
         phi = _phi(run)
         # A PHI key is masked like a value; only an unmasking export (the privilege checked
         # above, audited below) shows raw keys and values.
-        mask_key = key_masker(ctx) if run.spec.key in phi and not unmask else None
         query = unmasked_rows() if unmask else q("quarantine_rows")
         try:
-            rows = conn.execute(query, {"run_id": run_id}).fetchall()
+            rows = [dict(r) for r in conn.execute(query, {"run_id": run_id})]
         except psycopg.Error as exc:  # e.g. decrypting with a missing or wrong key
             raise CheckFailed(f"cannot export run {run_id}: {describe(exc)}") from None
+        if run.spec.key in phi and not unmask:
+            for row, masked in zip(
+                rows, ctx.ledger.mask([r["row_key"] for r in rows]), strict=True
+            ):
+                row["row_key"] = masked
         written = 0
         with path.open("w", newline="") as fh:
             out = csv.writer(fh)
             out.writerow((*EXPORT_COLUMNS, "phi"))
-            for row in rows:
-                values = dict(row)
-                if mask_key is not None:
-                    values["row_key"] = mask_key(values["row_key"])
+            for values in rows:
                 out.writerow(
                     [run_id, *(values[c] for c in EXPORT_COLUMNS[1:]), values["field"] in phi]
                 )

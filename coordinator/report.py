@@ -62,11 +62,13 @@ def collect(ctx: Context, run_id: int) -> dict[str, Any]:
     spec = run.spec
     phi = list(spec.extra.get("phi", ()))
     if spec.key in phi:  # a PHI key: chunk boundaries are values too (migrations.classification)
-        mask = quarantine.key_masker(ctx)
-        for chunk in chunks:
-            for end_ in ("lo", "hi"):
-                if chunk[end_] is not None:
-                    chunk[end_] = mask(chunk[end_])
+        ends = [
+            (chunk, end_) for chunk in chunks for end_ in ("lo", "hi") if chunk[end_] is not None
+        ]
+        for (chunk, end_), masked in zip(
+            ends, ctx.ledger.mask([c[e] for c, e in ends]), strict=True
+        ):
+            chunk[end_] = masked
     launched = next((a for a in audit if a["action"] == "launch"), None)
     start = run.started_at or run.created_at
     end = run.finished_at or now

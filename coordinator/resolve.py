@@ -6,6 +6,7 @@ problem, never a row value.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from workers.catalog import (
     TableInfo,
     assignable,
     base_type,
+    check_functions,
     check_where,
     describe_table,
     expression_types,
@@ -48,6 +50,9 @@ def resolve(
     qualified = QualifiedName(info.schema, info.name)
     if where:
         _guard(conn, lambda: check_where(conn, qualified, where), "--where filter")
+    allowed = backfill.allow_functions
+    for what, text in _expressions(backfill, where):
+        _guard(conn, partial(check_functions, conn, text, what, allowed), what)
     _check_null_keys(conn, info, backfill.key, where)
     if backfill.sql is not None:
         types = _guard(
@@ -103,6 +108,18 @@ def resolve(
         where=where,
         extra=extra,
     )
+
+
+def _expressions(backfill: Backfill, where: str | None) -> list[tuple[str, str]]:
+    """Every piece of SQL text the run will execute on the user's rows, named for errors."""
+    texts = [("--where filter", where)] if where else []
+    texts += [(f"sql expression for {c}", e) for c, e in (backfill.sql or {}).items()]
+    for rule in backfill.rules:
+        if rule.type == "custom" and not rule.is_python:
+            texts.append((f"custom rule on {rule.field!r}", rule.condition))
+        if rule.fix:
+            texts.append((f"fix of the rule on {rule.field!r}", rule.fix))
+    return texts
 
 
 def _check_columns(info: TableInfo, backfill: Backfill) -> None:

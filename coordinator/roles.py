@@ -14,8 +14,11 @@ privileges. The grants, and why:
   SELECT) on raw quarantined values. Write access to the migrated table's target columns
   is per table: ``GRANT SELECT, UPDATE (col, ...) ON app.table TO ferry_worker``.
 - ``ferry_monitor``: dashboards and ``ferry status``/``ferry audit``. SELECT on the
-  ledger, except raw quarantined values, pre-image tables (both hold PHI) and
-  ``ferry.meta`` (its masking key would let a reader brute-force masked values).
+  ledger, except raw quarantined values and pre-image tables (both hold PHI), and no
+  EXECUTE on ``ferry.mask()``: to a role that cannot read the data, masking candidates
+  would be an oracle for brute-forcing masked values (it sees bare ``***`` for keys).
+- Nobody: ``ferry.mask_secret`` (the masking key's HMAC pads); ``ferry.mask()`` runs as the
+  ledger's owner for the coordinator and the workers, who read the data anyway.
 - ``ferry_unmask``: SELECT on ``ferry.quarantine_values`` (``ferry quarantine --export
   --unmask``), plus INSERT on the audit log so every unmasking is recorded.
 
@@ -43,6 +46,7 @@ ROLES = (COORDINATOR, WORKER, MONITOR, UNMASK)
 
 # Ledger tables that hold PHI or secrets: no blanket grant covers them.
 _SENSITIVE = ("quarantine_values", "meta")
+_OWNER_ONLY = ("mask_secret",)
 _AUDIT_ONLY_INSERT = ("audit_log",)
 _CHAIN = "audit_chain"
 
@@ -124,6 +128,8 @@ def create_roles(conn: Conn) -> dict[str, Any]:
         )
     )
     for table in tables:
+        if table in _OWNER_ONLY:
+            continue
         if table in _SENSITIVE:
             # The pre-flight quarantines sample rows too; reading them back is for unmask.
             privileges = ("SELECT", "INSERT") if table == "meta" else ("INSERT",)
@@ -139,6 +145,12 @@ def create_roles(conn: Conn) -> dict[str, Any]:
             _grant(conn, ("SELECT",), table, MONITOR)
         if table in _WORKER_TABLES:
             _grant(conn, _WORKER_TABLES[table], table, WORKER)
+    if "mask_secret" in tables:
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION ferry.mask(text) TO {c}, {w}").format(
+                c=ident[COORDINATOR], w=ident[WORKER]
+            )
+        )
     if "quarantine_values" in tables:
         _grant(conn, ("SELECT",), "quarantine_values", UNMASK)
     for table in _backup_tables(conn):

@@ -50,8 +50,14 @@ def audit_verify(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
     else:
+        sealing = (
+            f"; {result['sealed_heads']} head(s) sealed outside the database still stand"
+            if result["keyed"]
+            else "; not keyed: set FERRY_AUDIT_KEY so that the ledger's owner cannot rewrite it"
+        )
         click.echo(
             f"audit log intact: {result['rows']} row(s) chained, last row {result['last_id']}"
+            + sealing
         )
 
 

@@ -25,7 +25,6 @@ from psycopg.types.json import Jsonb
 
 from coordinator.commands import Context
 from migrations.errors import CheckFailed, FerryError
-from migrations.masking import mask_value
 from workers.catalog import base_type, describe_table
 from workers.checks import Checks
 from workers.failures import describe
@@ -91,10 +90,9 @@ def verify(ctx: Context, run_id: int, *, sample: int = 1000) -> dict[str, Any]:
         drift["catch_up"] = catch_up_command(run)
     report["ok"] = all(report[k]["ok"] for k in ("counts", "checksum", "rules", "drift"))
     if run.spec.key in run.spec.extra.get("phi", ()):  # a PHI key: listed keys are values
-        key = ctx.ledger.mask_key(ctx.settings.mask_key).encode()
         for part, field in (("drift", "keys"), ("checksum", "keys_that_differ")):
             if field in report[part]:
-                report[part][field] = [mask_value(k, key) for k in report[part][field]]
+                report[part][field] = ctx.ledger.mask(report[part][field])
     with ctx.db.transaction() as conn:
         conn.execute(
             q("record_verification"),
@@ -210,7 +208,7 @@ def _checksum(
             if run_ctx.transform is not None:
                 read = stage_input(conn, run_ctx, rng)
             args = ChunkArgs(
-                run_id=run.id, chunk_no=-1, range=rng, mask_key="verify", rows_read=read
+                run_id=run.id, chunk_no=-1, range=rng, rows_read=read
             )
             counts = conn.execute(st.apply(args)).fetchone()
             after = conn.execute(checks.checksum(keys)).fetchone()

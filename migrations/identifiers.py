@@ -150,3 +150,33 @@ def _refuse_side_effects(tree: object, what: str, functions_ok: bool) -> None:
                     shown = name if len(name) <= 63 else "<name>"
                     raise ExpressionError(f"{what} calls {shown}(), which has side effects")
             stack.append(value)
+
+
+_OPERATOR_KINDS = ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL")
+
+
+def called_functions(text: str) -> set[tuple[str | None, str]]:
+    """(schema or None, name) of every function and operator ``text`` calls (it has passed
+    ``check_expression``): what the catalog must vouch for before it runs on patient rows."""
+    tree = json.loads(parser.parse_sql_json(f"SELECT {text}"))
+    found: set[tuple[str | None, str]] = set()
+    stack: list[object] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            names = None
+            if key == "FuncCall":
+                names = value.get("funcname")
+            elif key == "A_Expr" and value.get("kind") in _OPERATOR_KINDS:
+                names = value.get("name")
+            if names:
+                parts = [n["String"]["sval"] for n in names if "String" in n]
+                if parts:
+                    found.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
+            stack.append(value)
+    return found

@@ -138,6 +138,9 @@ class Backfill:
     where: str | None = None
     updated_at: str | None = None  # the application's last-modified column, for drift
     phi: Sequence[str] = ()  # columns holding PHI (see migrations.classification)
+    # Volatile functions the expressions may call beyond now(), clock_timestamp(),
+    # gen_random_uuid() and random(): ``["nextval", "app.enrich"]`` (workers.catalog)
+    allow_functions: Sequence[str] = ()
     named: tuple[Step, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +148,11 @@ class Backfill:
         if self.updated_at is not None:
             check_name(self.updated_at, "updated_at column")
         object.__setattr__(self, "phi", check_phi(self.phi))
+        if isinstance(self.allow_functions, str):
+            raise SpecError("allow_functions must be a list of function names")
+        for function in self.allow_functions:
+            QualifiedName.parse(function)  # a name, or schema.name
+        object.__setattr__(self, "allow_functions", tuple(self.allow_functions))
         check_name(self.key, "key column")
         writes = tuple(self.writes)
         reads = tuple(self.reads)
@@ -203,6 +211,7 @@ class Backfill:
             "where": self.where,
             "updated_at": self.updated_at,
             "phi": list(self.phi),
+            "allow_functions": list(self.allow_functions),
         }
 
 

@@ -8,6 +8,7 @@ in a statement.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from migrations.errors import BadInput
-from migrations.identifiers import QualifiedName, check_expression
+from migrations.identifiers import QualifiedName, called_functions, check_expression
 
 _TYPE_TEXT = re.compile(r'[A-Za-z0-9_ ,()\[\]".]+')
 
@@ -249,3 +250,53 @@ def exact_form(value: sql.Composable, type_text: str) -> sql.Composable:
 def length_limited(type_text: str) -> bool:
     """``varchar(n)`` or ``char(n)``: an explicit cast truncates where assignment refuses."""
     return base_type(type_text) in _STRINGS and "(" in type_text
+
+
+# Volatile built-ins a backfill legitimately needs (timestamps, new ids, sampling).
+ALLOWED_VOLATILE = frozenset({"now", "clock_timestamp", "gen_random_uuid", "random"})
+_VOLATILE_FUNCTION = """
+SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.proname = %(name)s AND p.provolatile = 'v'
+   AND CASE WHEN %(schema)s::text IS NULL THEN pg_function_is_visible(p.oid)
+            ELSE n.nspname = %(schema)s END
+ LIMIT 1
+"""
+_VOLATILE_OPERATOR = """
+SELECT 1 FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
+  JOIN pg_namespace n ON n.oid = o.oprnamespace
+ WHERE o.oprname = %(name)s AND p.provolatile = 'v'
+   AND CASE WHEN %(schema)s::text IS NULL THEN pg_operator_is_visible(o.oid)
+            ELSE n.nspname = %(schema)s END
+ LIMIT 1
+"""
+
+
+def check_functions(
+    conn: psycopg.Connection[Any], text: str, what: str, allowed: Collection[str] = ()
+) -> None:
+    """Refuse an expression that calls a volatile function or operator the Backfill did not
+    name in ``allow_functions`` (the few built-ins in ALLOWED_VOLATILE aside).
+
+    An allow-list by the catalog, not a list of names known to be dangerous: whatever an
+    extension or the application defines (``cron.schedule``, a function that writes) is
+    volatile unless declared otherwise, and so refused by default. An overloaded name is
+    refused when any of its visible overloads is volatile.
+    """
+    for schema, name in sorted(called_functions(text), key=lambda p: (p[0] or "", p[1])):
+        qualified = f"{schema}.{name}" if schema else name
+        if name in ALLOWED_VOLATILE and schema in (None, "pg_catalog"):
+            continue
+        if qualified in allowed or name in allowed:
+            continue
+        operator = not (name[0].isalpha() or name[0] == "_")
+        row = conn.execute(
+            _VOLATILE_OPERATOR if operator else _VOLATILE_FUNCTION,
+            {"name": name, "schema": schema},
+        ).fetchone()
+        if row is not None:
+            shown = qualified if len(qualified) <= 63 else "<name>"
+            kind = f"operator {shown}" if operator else f"{shown}()"
+            raise BadInput(
+                f"{what} calls {kind}, which is volatile (it may change data or differ on every "
+                "call): name it in the Backfill's allow_functions=[...] if it is safe"
+            )

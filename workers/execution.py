@@ -313,7 +313,7 @@ class ChunkExecutor:
             return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
         keys = tuple(state["retry_keys"]) if state["retry_keys"] is not None else None
         key_range = KeyRange(state["lo"], state["hi"], keys)
-        mark_range(key_range.lo, key_range.hi)
+        mark_range(key_range.lo, key_range.hi, phi=ctx.spec.key in ctx.spec.extra.get("phi", ()))
         started = time.perf_counter()
         cleared = 0
         if key_range.keys is not None:  # a re-run of quarantined rows: judge them afresh
@@ -332,7 +332,6 @@ class ChunkExecutor:
             run_id=run_id,
             chunk_no=chunk_no,
             range=key_range,
-            mask_key=self.ledger.mask_key(self.settings.mask_key),
             rows_read=rows_read,
         )
         with step("ferry.write"):  # on the SQL path this one statement also reads and checks

@@ -22,7 +22,7 @@ from migrations.errors import (
     RuleFailure,
     TransientChunkError,
 )
-from migrations.masking import mask_free_text, mask_text
+from migrations.masking import mask_free_text, mask_text, names_are_safe
 
 __all__ = ["Breaker", "RuleFailure", "classify", "describe", "report", "stop_reason"]
 
@@ -89,7 +89,7 @@ def describe(exc: BaseException) -> str:
         code = diag.sqlstate or "-----"
         # Client-side errors (psycopg's own) carry no diagnostics: their text is ours, not data.
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        primary = mask_text(diag.message_primary or first)
+        primary = mask_text(diag.message_primary or first, names=names_are_safe(diag.sqlstate))
         names = [
             f"{label} {value}"
             for label, value in (

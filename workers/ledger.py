@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
+from migrations.masking import MASK
 from workers import identity
 from workers.db import Database
 from workers.failures import Breaker, report, stop_reason
@@ -38,14 +38,18 @@ def q(name: str) -> str:
 class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._mask_key: str | None = None
         self._identity: str | None = None
         # (old, new) identity when the last init() found a copied ledger and re-keyed it
         self.rekeyed: tuple[str, str] | None = None
+        self.appended = False  # an audit row was written: coordinator.audit_seal seals it
 
     # -- schema ------------------------------------------------------------------------------
-    def init(self, *, wait_seconds: float = 30.0) -> list[int]:
+    def init(self, *, wait_seconds: float = 30.0, mask_key: str | None = None) -> list[int]:
         """Create or upgrade the ledger; returns the versions applied now.
+
+        ``mask_key`` (FERRY_MASK_KEY) replaces the masking key the ledger made for itself,
+        for masked values that correlate across ledgers: it travels once, as a bind
+        parameter, never in statement text.
 
         Polls ``pg_try_advisory_lock`` on a connection of its own rather than blocking
         in ``pg_advisory_lock``, so two concurrent ``ferry init`` never deadlock.
@@ -61,7 +65,12 @@ class Ledger:
                         raise CheckFailed("another ferry init holds the ledger lock")
                     time.sleep(0.2)
                 try:
-                    return self._migrate(conn)
+                    applied = self._migrate(conn)
+                    if mask_key:
+                        conn.execute(
+                            "SELECT ferry.set_mask_key(convert_to(%s, 'UTF8'))", (mask_key,)
+                        )
+                    return applied
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (LEDGER_LOCK,))
             finally:
@@ -85,7 +94,6 @@ class Ledger:
                     (version, name),
                 )
             applied.append(version)
-        conn.execute(q("put_meta"), {"key": "mask_key", "value": secrets.token_hex(32)})
         with conn.transaction():
             self.rekeyed = identity.rekey_if_copied(conn)
         self._identity = None
@@ -119,14 +127,16 @@ class Ledger:
                 f"the ledger is at version {found}, {expected} needed: run `ferry init`"
             )
 
-    def mask_key(self, override: str | None = None) -> str:
-        if override:
-            return override
-        if self._mask_key is None:
+    def mask(self, values: Sequence[object]) -> list[str]:
+        """Each value masked by ``ferry.mask`` (the key never leaves the database); NULL
+        stays visible. A role without EXECUTE on it (``ferry_monitor``) gets bare ``***``."""
+        texts = [None if v is None else str(v) for v in values]
+        try:
             with self.db.transaction() as conn:
-                row = conn.execute(q("get_meta"), {"key": "mask_key"}).fetchone()
-            self._mask_key = row["value"] if row else "ferry"
-        return self._mask_key
+                rows = conn.execute(q("mask_values"), {"values": texts}).fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            return ["NULL" if v is None else MASK for v in texts]
+        return [r["masked"] or "NULL" for r in rows]
 
     # -- runs ----------------------------------------------------------------------------------
     def create_run(
@@ -415,3 +425,4 @@ class Ledger:
                 "params": Jsonb(json.loads(json.dumps(params or {}, default=str))),
             },
         )
+        self.appended = True

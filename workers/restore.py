@@ -40,11 +40,10 @@ def restore_chunk(
     statements = Statements(run.spec, run.id)
     force = bool(run.params.get("rollback_force"))
     phi_key = run.spec.key in run.spec.extra.get("phi", ())
-    mask_key = ledger.mask_key(settings.mask_key) if phi_key else None
     ids = {"run_id": run_id, "chunk_no": chunk_no}
     with db.connect() as conn:
         try:
-            result = _restore(conn, statements, settings, ids, force=force, mask_key=mask_key)
+            result = _restore(conn, statements, settings, ids, force=force, mask=phi_key)
             if result.outcome == "rolled_back" and force:
                 _audit_overwrites(ledger, conn, run.params.get("rollback_by"), ids)
             conn.commit()
@@ -108,7 +107,7 @@ def _restore(
     ids: dict[str, int],
     *,
     force: bool,
-    mask_key: str | None,
+    mask: bool,
 ) -> ChunkResult:
     """The restore transaction, left open for the caller to add its audit record and commit."""
     run_id, chunk_no = ids["run_id"], ids["chunk_no"]
@@ -127,7 +126,7 @@ def _restore(
         conn.rollback()
         return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
     started = time.perf_counter()
-    counts = conn.execute(statements.restore(chunk_no, force=force, mask_key=mask_key)).fetchone()
+    counts = conn.execute(statements.restore(chunk_no, force=force, mask=mask)).fetchone()
     assert counts is not None
     conn.execute(
         q("mark_rolled_back"),

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def restore_statement(
-    st: Statements, chunk_no: int, *, force: bool, mask_key: str | None
+    st: Statements, chunk_no: int, *, force: bool, mask: bool
 ) -> sql.Composed:
     """One statement: restore, record what was left, count. Columns of its one row: ``rows``
     (restored), ``kept`` (changed since, left), ``gone`` (deleted since), ``overwritten``."""
@@ -80,10 +80,8 @@ def restore_statement(
         differ = sql.SQL("'{}'::text[]")
         saved = st.pre_images(chunk_no)
     shown: sql.Composable = sql.SQL("b.{k}::text").format(k=k)
-    if mask_key is not None:  # a PHI key: masked as quarantine masks values
-        shown = sql.SQL(
-            "'***' || left(encode(sha256(convert_to({m} || '|' || b.{k}::text, 'UTF8')), 'hex'), 8)"
-        ).format(m=sql.Literal(mask_key), k=k)
+    if mask:  # a PHI key: masked as quarantine masks values, in the database (ledger v15)
+        shown = sql.SQL("ferry.mask(b.{k}::text)").format(k=k)
     return sql.SQL(
         """WITH b AS MATERIALIZED (SELECT * FROM {saved} AS s),
 cur AS MATERIALIZED (SELECT b.{k} AS {k}, {differ} AS diff, {back} AS away

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -65,6 +66,10 @@ class Settings:
     backoff_max: float = 60.0
     visibility_timeout: int = 900
     mask_key: str | None = None
+    # The audit chain's head is sealed under this key outside the database (coordinator.audit_seal)
+    audit_key: str | None = None
+    audit_heads: str | None = None
+    audit_webhook: str | None = None
     worker_memory_mb: int | None = None
     phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
     encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
@@ -81,6 +86,9 @@ class Settings:
             "actor": env.get("FERRY_ACTOR") or _os_user(),
             "queue": env.get("FERRY_QUEUE") or None,
             "mask_key": env.get("FERRY_MASK_KEY") or None,
+            "audit_key": _secret(env, "FERRY_AUDIT_KEY"),
+            "audit_heads": env.get("FERRY_AUDIT_HEADS") or None,
+            "audit_webhook": env.get("FERRY_AUDIT_WEBHOOK") or None,
             "phi_columns": parse_phi_setting(env.get("FERRY_PHI_COLUMNS")),
             "encryption_key": check_key(env.get("FERRY_ENCRYPTION_KEY")),
             "test_kill_once": env.get("FERRY_TEST_KILL_ONCE") or None,
@@ -117,6 +125,7 @@ class Settings:
                 except ValueError:
                     raise BadInput(f"{name} must be a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _check_redis_url(values["redis_url"])
         settings = cls(**values)
         settings.check()
         return settings
@@ -164,9 +173,47 @@ class Settings:
             url = make_url(self.database_url)
         except ArgumentError:
             raise BadInput("FERRY_DATABASE_URL is not a valid database URL") from None
+        except ValueError:  # SQLAlchemy reads the port with int(): ':notaport', '[::1'
+            raise BadInput(
+                "FERRY_DATABASE_URL is not a valid database URL: its host or port is malformed"
+                " (an IPv6 host goes in brackets: postgresql://user@[::1]:5432/db)"
+            ) from None
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise BadInput("FERRY_DATABASE_URL must be a postgresql:// URL")
         return url.set(drivername="postgresql+psycopg")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME``, or the contents of the file ``NAME_FILE`` (a mounted secret)."""
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            value = fh.read().strip()
+    except OSError as exc:
+        raise BadInput(f"{name}_FILE cannot be read: {exc.strerror}") from None
+    if not value:
+        raise BadInput(f"{name}_FILE is empty")
+    return value
+
+
+def _check_redis_url(url: str) -> None:
+    """Refuse a Redis URL whose shape is wrong before anything is recorded: redis-py and kombu
+    would raise a bare ValueError only once the run exists (the URL is not shown: it may hold
+    a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- reading it checks it
+    except ValueError:
+        raise BadInput(
+            "FERRY_REDIS_URL is not a valid URL: its host or port is malformed"
+            " (an IPv6 host goes in brackets: redis://[::1]:6379/0)"
+        ) from None
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+socket"):
+        raise BadInput("FERRY_REDIS_URL must be a redis://, rediss:// or unix:// URL")
 
 
 def _os_user() -> str:

@@ -17,6 +17,7 @@ import psycopg
 
 from migrations.errors import FerryError, PermanentChunkError
 from migrations.loading import load_backfill
+from migrations.masking import mask_words_of
 from migrations.named import Step, steps_of
 from migrations.named import build as build_named
 from migrations.named import identity as named_identity
@@ -101,6 +102,11 @@ def checked_transform(spec: RunSpec, transform: object) -> Transform:
     return transform
 
 
+def frame_values(frame: pd.DataFrame) -> list[object]:
+    """Every distinct value of a chunk's frame: what a message about it must not show."""
+    return [v for col in frame.columns for v in pd.unique(frame[col].dropna())]
+
+
 def run_transform(
     fn: Transform, frame: pd.DataFrame, key: str, writes: tuple[str, ...]
 ) -> pd.DataFrame:
@@ -109,8 +115,11 @@ def run_transform(
     try:
         out = fn(frame)
     except Exception as exc:
-        # ``from None``: the original message may quote a row value.
-        raise PermanentChunkError(f"transform raised {classify(exc)}") from None
+        # ``from None``: the original message may quote a row value; every word of the
+        # chunk's values is masked in what is kept of it.
+        raise PermanentChunkError(
+            mask_words_of(f"transform raised {classify(exc)}", frame_values(frame))
+        ) from None
     if not isinstance(out, pd.DataFrame):
         raise PermanentChunkError("transform must return a DataFrame")
     missing = [c for c in (key, *writes) if c not in out.columns]
@@ -147,7 +156,9 @@ def judge(out: pd.DataFrame, checks: tuple[tuple[int, Check], ...]) -> pd.Series
         try:
             ok = pd.Series(check(out), index=out.index).astype("boolean").fillna(True)
         except Exception as exc:
-            raise PermanentChunkError(f"rule check raised {classify(exc)}") from None
+            raise PermanentChunkError(
+                mask_words_of(f"rule check raised {classify(exc)}", frame_values(out))
+            ) from None
         first = first.mask(~ok.to_numpy(dtype=bool), index)
     return first
 

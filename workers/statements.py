@@ -117,7 +117,6 @@ class ChunkArgs:
     run_id: int
     chunk_no: int
     range: KeyRange
-    mask_key: str
     # pandas path: the rows the chunk's COPY read (the staged rows are those, or fewer)
     rows_read: int | None = None
 
@@ -675,8 +674,7 @@ quarantined AS (
   INSERT INTO ferry.quarantine (run_id, chunk_no, row_key, rule_index, field, rule_type,
                                 message, value_masked)
   SELECT {run_id}, {chunk_no}, j.{k}::text, r.idx, r.field, r.rule_type, r.message,
-         '***' || left(encode(sha256(convert_to({mask_key} || '|' || {masked}, 'UTF8')),
-                              'hex'), 8)
+         ferry.mask({masked})
     FROM judged j JOIN rules r ON r.idx = j.{b} WHERE r.action = 'skip'
   RETURNING id, row_key),
 raw_values AS (
@@ -711,7 +709,6 @@ raw_values AS (
                 else _masked_value(errors)
             ),
             run_id=sql.Literal(int(args.run_id)),
-            mask_key=sql.Literal(args.mask_key),
             **parts,
         )
 
@@ -764,12 +761,12 @@ raw_values AS (
             for i, c in enumerate(self.writes)
         )
 
-    def restore(self, chunk_no: int, *, force: bool, mask_key: str | None) -> sql.Composed:
+    def restore(self, chunk_no: int, *, force: bool, mask: bool) -> sql.Composed:
         """Put one chunk's pre-images back where the rows still hold what it wrote
         (``workers.restore_sql``)."""
         from workers.restore_sql import restore_statement
 
-        return restore_statement(self, chunk_no, force=force, mask_key=mask_key)
+        return restore_statement(self, chunk_no, force=force, mask=mask)
 
 
 def null_keys(schema: str, table: str, key: str, where: str | None) -> sql.Composed:

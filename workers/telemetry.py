@@ -55,7 +55,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode, Tracer, TracerProvider
 
-from migrations.masking import mask_text
+from migrations.masking import MASK, mask_text
 from workers.failures import describe
 from workers.gate import resident_mb
 from workers.model import ChunkResult
@@ -390,12 +390,13 @@ def key_bound(value: Any) -> str | int | None:
     return str(value)
 
 
-def mark_range(lo: Any, hi: Any) -> None:
-    """Put the chunk's key-range bounds (only them) on the current span."""
+def mark_range(lo: Any, hi: Any, *, phi: bool = False) -> None:
+    """Put the chunk's key-range bounds (only them) on the current span; a PHI key's bounds
+    are row values, shown as ``***`` (the span still says whether a bound exists)."""
     span = trace.get_current_span()
     for name, value in (("ferry.key_lo", key_bound(lo)), ("ferry.key_hi", key_bound(hi))):
         if value is not None:
-            span.set_attribute(name, value)
+            span.set_attribute(name, MASK if phi else value)
 
 
 @contextmanager

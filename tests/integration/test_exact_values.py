@@ -297,7 +297,7 @@ def _run_chunk(conn: psycopg.Connection[Any], ctx: RunContext, hi: int) -> dict[
     with conn.transaction():
         read = stage_input(conn, ctx, key_range, lock=not ctx.statements.reads_unlocked)
         args = ChunkArgs(
-            run_id=ctx.run_id, chunk_no=0, range=key_range, mask_key="k", rows_read=read
+            run_id=ctx.run_id, chunk_no=0, range=key_range, rows_read=read
         )
         counts = conn.execute(ctx.statements.apply(args)).fetchone()
     assert counts is not None

@@ -362,3 +362,63 @@ def test_a_phi_key_is_masked_in_keys_and_boundaries(
     finally:
         db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(viewer)))
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(viewer)))
+
+
+RAISING_SPEC = """
+def normalise(df, at):
+    hit = df[df["id"] == at]
+    if len(hit):
+        row = hit.iloc[0]
+        raise ValueError(f"cannot normalise {row['ssn']} for patient {row['name']}")
+    return pd.DataFrame({"id": df["id"], "name_norm": df["name"].str.upper()})
+
+early = Backfill(table="phi_raise", key="id", reads=["name", "ssn"], writes=["name_norm"],
+                 transform=lambda df: normalise(df, 3), chunk_size=40)
+late = Backfill(table="phi_raise", key="id", reads=["name", "ssn"], writes=["name_norm"],
+                transform=lambda df: normalise(df, 250), chunk_size=40)
+"""
+
+
+def test_a_users_exception_is_stored_without_the_rows_values(
+    db: psycopg.Connection[Any],
+    env: dict[str, str],
+    redis_url: str,
+    workers: WorkerPool,
+    tmp_path: Path,
+) -> None:
+    """A transform's own message quoting a name (no digits, no quotes: no pattern finds it):
+    every word of the chunk's values is masked, in the pre-flight line and the worker's
+    failure alike; the class and the message's own words remain."""
+    db.execute("DROP TABLE IF EXISTS phi_raise")
+    db.execute(
+        "CREATE TABLE phi_raise (id integer PRIMARY KEY, name text, ssn text, name_norm text)"
+    )
+    names = [f"{FIRST[i % 6]} {LAST[i % 5]}son" for i in range(300)]
+    with db.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO phi_raise VALUES (%s, %s, %s, NULL)",
+            [(i, names[i - 1], f"{700 + i:03d}-55-{4000 + i:04d}") for i in range(1, 301)],
+        )
+    needles = [names[2], names[249], *names[2].split(), *names[249].split(), "703-55", "950-55"]
+    path = spec_file(tmp_path, RAISING_SPEC)
+
+    plan = ferry("plan", f"{path}:early", env=env)
+    assert plan.returncode != 0
+    assert "ValueError: cannot normalise *** for patient *** ***" in plan.stderr, plan.stderr
+
+    run_id = launch(env, f"{path}:late")
+    assert wait_run(db, run_id) == "failed"
+    (error,) = db.execute(
+        "SELECT error FROM ferry.chunks WHERE run_id = %s AND status = 'failed'", (run_id,)
+    ).fetchone() or (None,)
+    assert error is not None and "cannot normalise *** for patient *** ***" in error
+    status = _cli(env, "status", str(run_id)) + _cli(env, "status", str(run_id), "--json")
+    sinks = {
+        "plan": plan.stdout + plan.stderr,
+        "ledger": "\n".join(_ledger_texts(db).values()),
+        "status": status,
+        "redis": _redis_texts(redis_url),
+        "worker logs": workers.logs(),
+    }
+    leaks = [leak for where, text in sinks.items() for leak in _leaks(text, needles, where)]
+    assert not leaks, "\n".join(leaks)

@@ -373,7 +373,7 @@ def test_a_restore_left_idle_ends_and_frees_its_rows(
     try:
         pid = cut_off.info.backend_pid
         ids = {"run_id": run_id, "chunk_no": 0}
-        result = _restore(cut_off, statements, settings, ids, force=False, mask_key=None)
+        result = _restore(cut_off, statements, settings, ids, force=False, mask=False)
         assert result.rows_written == 100  # restored, not committed: the worker is "gone"
         locked = db.execute(
             "SELECT count(*) FROM pg_locks WHERE pid = %s AND relation = %s::regclass",

@@ -7,6 +7,8 @@ first broken row.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
@@ -17,10 +19,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from tests.conftest import WorkerPool, ferry
 from tests.helpers import launch, spec_file, wait_run
+from workers.ledger import q
+from workers.model import Run
+from workers.statements import ChunkArgs, KeyRange, Statements
 
 SPEC = """
 b = Backfill(table="{table}", key="id", reads=["raw"], writes=["val"],
@@ -323,6 +331,8 @@ def test_roles(scratch: tuple[str, dict[str, str]]) -> None:
                     "SELECT * FROM ferry.quarantine_values",
                     "SELECT * FROM ferry.backup_999",
                     "SELECT * FROM ferry.meta",
+                    "SELECT * FROM ferry.mask_secret",
+                    "SELECT ferry.mask('123-45-6789')",  # an oracle for brute force
                     "INSERT INTO ferry.audit_log (actor, host, action) VALUES ('m', 'h', 'x')",
                     "UPDATE ferry.audit_log SET actor = 'm'",
                     "DELETE FROM ferry.audit_log",
@@ -336,7 +346,11 @@ def test_roles(scratch: tuple[str, dict[str, str]]) -> None:
                     "INSERT INTO ferry.audit_log (actor, host, action) VALUES ('w', 'h', 'x')"
                 )
                 conn.execute("INSERT INTO ferry.backup_999 VALUES (0, 1, 'old')")
+                masked = conn.execute("SELECT ferry.mask('x')").fetchone()
+                assert masked is not None and masked[0].startswith("***")
                 for statement in (
+                    "SELECT * FROM ferry.mask_secret",
+                    "SELECT ferry.set_mask_key('0123456789abcdef0123')",
                     "UPDATE ferry.audit_log SET actor = 'w'",
                     "DELETE FROM ferry.audit_log",
                     "UPDATE ferry.audit_chain SET last_hash = 'x'",
@@ -452,3 +466,156 @@ def test_a_run_works_with_the_least_privilege_roles(
             pool.stop_all()
             for name in (coord, worker):
                 db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _reference_mask(key: bytes, value: str) -> str:
+    """The masking definition (HMAC-SHA-256, 8 hex digits) computed apart from the database."""
+    return "***" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")))
+def test_sql_masking_is_the_hmac(database_url: str, value: str) -> None:
+    """One definition: what the database computes is HMAC-SHA-256 under the key, for any
+    text, the Python reference agreeing byte for byte (keys of every length a user may give)."""
+    with psycopg.connect(database_url, autocommit=True) as db, db.transaction(force_rollback=True):
+        for key in (b"k" * 16, b"0123456789abcdef" * 4, b"long key " * 20):
+            db.execute("SELECT ferry.set_mask_key(%s)", (key,))
+            got = db.execute("SELECT ferry.mask(%s)", (value,)).fetchone()
+            assert got == (_reference_mask(key, value),)
+
+
+def test_the_masking_key_stays_in_its_vault(
+    scratch: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A run with a rule masks in the database: the key is in no statement Ferry builds,
+    no ledger table anyone but the owner may read, and a missing key is an error."""
+    url, env = scratch
+    env = {**env, "FERRY_QUEUE": f"vault-{uuid.uuid4().hex[:8]}"}
+    key = "correlate-across-ledgers-2026"
+    ferry("init", env={**env, "FERRY_MASK_KEY": key}, check=True)
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE TABLE vault (id integer PRIMARY KEY, raw text, val numeric)")
+        db.execute("INSERT INTO vault SELECT g, (g * 7)::text, NULL FROM generate_series(1, 60) g")
+        assert db.execute(
+            "SELECT count(*) FROM ferry.meta WHERE value LIKE %s", (f"%{key}%",)
+        ).fetchone() == (0,)
+        pool = WorkerPool(env, tmp_path)
+        try:
+            pool.start("vault")
+            run_id = launch(env, f"{spec_file(tmp_path, SPEC.format(table='vault'))}:b")
+            # rows quarantined by rule: completed_with_errors until issue 24 lands
+            assert wait_run(db, run_id) in ("completed", "completed_with_errors")
+        finally:
+            pool.stop_all()
+        masked = db.execute(
+            "SELECT q.value_masked, v.raw FROM ferry.quarantine q "
+            "JOIN vault v ON v.id::text = q.row_key WHERE q.run_id = %s",
+            (run_id,),
+        ).fetchall()
+        assert len(masked) == 46  # raw 105..420 break 0..100
+        for value_masked, raw in masked:
+            assert value_masked == _reference_mask(key.encode(), raw)
+        stored = db.cursor(row_factory=dict_row).execute(q("get_run"), {"run_id": run_id})
+        run = Run.from_row(stored.fetchone() or {})
+        text = (
+            Statements(run.spec, run_id)
+            .apply(ChunkArgs(run_id=run_id, chunk_no=0, range=KeyRange(None, "40")))
+            .as_string(db)
+        )
+        assert "ferry.mask(" in text and key not in text
+        assert key not in pool.logs()
+        db.execute("DELETE FROM ferry.mask_secret")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="masking key"):
+            db.execute("SELECT ferry.mask('x')")
+
+
+REWRITE = """
+ALTER TABLE ferry.audit_log DISABLE TRIGGER USER;
+ALTER TABLE ferry.audit_chain DISABLE TRIGGER USER;
+UPDATE ferry.audit_log SET actor = 'mallory' WHERE id = (SELECT min(id) FROM ferry.audit_log);
+DO $$
+DECLARE r record; h text := repeat('0', 64); last bigint;
+BEGIN
+  FOR r IN SELECT * FROM ferry.audit_log ORDER BY id LOOP
+    UPDATE ferry.audit_log SET prev_hash = h,
+           row_hash = ferry.audit_row_hash(h, r.id, r.at, r.actor, r.host, r.action,
+                                           r.run_id, r.params)
+     WHERE id = r.id RETURNING row_hash INTO h;
+    last := r.id;
+  END LOOP;
+  UPDATE ferry.audit_chain SET last_id = last, last_hash = h WHERE id = 1;
+END $$;
+ALTER TABLE ferry.audit_log ENABLE TRIGGER USER;
+ALTER TABLE ferry.audit_chain ENABLE TRIGGER USER;
+"""
+
+
+@pytest.fixture
+def owned(database_url: str, env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A ledger whose database belongs to a login role that is no superuser, the audit key
+    in a file beside the sealed heads, and a declared actor that is not that role."""
+    name = f"ferry_own_{uuid.uuid4().hex[:8]}"
+    server = database_url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("an audit key the database never sees\n")
+    own = {
+        **env,
+        "FERRY_DATABASE_URL": server.replace("postgres@", f"{name}@") + f"/{name}",
+        "FERRY_AUDIT_KEY_FILE": str(key_file),
+        "FERRY_AUDIT_HEADS": str(tmp_path / "heads.jsonl"),
+        "FERRY_ACTOR": "alice",
+    }
+    try:
+        ferry("init", env=own, check=True)
+        yield own
+    finally:
+        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def test_the_owners_rewrite_of_the_chain_is_caught(owned: dict[str, str]) -> None:
+    """The review's attack, as the ledger's owner (no superuser): triggers off, an actor
+    changed, every hash recomputed, the head moved. The chain alone still holds; the head
+    sealed outside the database does not."""
+    for _ in range(3):
+        ferry("init", env=owned, check=True)  # each appends an audit row and seals the head
+    heads = Path(owned["FERRY_AUDIT_HEADS"]).read_text().splitlines()
+    assert len(heads) == 4 and all(json.loads(h)["mac"] for h in heads)
+    intact = ferry("audit", "verify", "--json", env=owned)
+    assert intact.returncode == 0, intact.stderr
+    assert json.loads(intact.stdout)["sealed_heads"] == 4
+
+    listed = json.loads(ferry("audit", "list", "--json", env=owned).stdout)
+    user = owned["FERRY_DATABASE_URL"].rsplit("/", 1)[1]
+    assert {(e["actor"], e["params"]["session_user"]) for e in listed} == {("alice", user)}
+
+    with psycopg.connect(owned["FERRY_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(REWRITE)
+    unkeyed = {k: v for k, v in owned.items() if k != "FERRY_AUDIT_KEY_FILE"}
+    assert ferry("audit", "verify", env=unkeyed).returncode == 0  # the chain alone: fooled
+    proc = ferry("audit", "verify", "--json", env=owned)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    broken = json.loads(proc.stdout)
+    assert broken["broken_at"] == json.loads(heads[0])["id"]
+    assert "sealed outside the database" in broken["reason"]
+
+
+def test_a_forged_sealed_head_is_refused(owned: dict[str, str]) -> None:
+    path = Path(owned["FERRY_AUDIT_HEADS"])
+    line = json.loads(path.read_text().splitlines()[-1])
+    line["hash"] = "0" * 64
+    with path.open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    proc = ferry("audit", "verify", env=owned)
+    assert proc.returncode == 1 and "not sealed with FERRY_AUDIT_KEY" in proc.stderr, proc.stderr

@@ -29,7 +29,7 @@ s = Backfill(table="{table}", key="id", reads=["a", "b", "name"], writes=["score
              sql={{"score": "a * 3 + b",
                    "code": "(SELECT upper(trim(name))"
                            " FROM pg_sleep({per_row} + 0 * coalesce(length(name), 0)))"}},
-             chunk_size={chunk})
+             chunk_size={chunk}, allow_functions=["pg_sleep"])
 """
 
 

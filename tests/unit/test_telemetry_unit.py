@@ -218,3 +218,15 @@ def test_outcomes_and_throttle_waits_are_counted(
         for p in got["ferry.throttle.waits"]
     }
     assert waits == {("wait", "rows_per_second"): 1, ("defer", "health_pause"): 1}
+
+
+def test_a_phi_keys_bounds_are_masked_on_the_span(
+    captured: tuple[InMemorySpanExporter, InMemoryMetricReader],
+) -> None:
+    exporter, _ = captured
+    with telemetry.chunk_span(7, 4), telemetry.step("ferry.write"):
+        telemetry.mark_range("MRN-000123-SMITH", None, phi=True)
+    (write,) = [s for s in exporter.get_finished_spans() if s.name == "ferry.write"]
+    assert write.attributes is not None and write.attributes["ferry.key_lo"] == "***"
+    assert "ferry.key_hi" not in write.attributes
+    assert "SMITH" not in repr([s.to_json() for s in exporter.get_finished_spans()])

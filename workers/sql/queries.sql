@@ -334,6 +334,10 @@ VALUES (%(run_id)s, %(table_name)s, %(columns)s);
 -- name: get_meta
 SELECT value FROM ferry.meta WHERE key = %(key)s;
 
+-- name: mask_values
+SELECT ferry.mask(v) AS masked FROM unnest(%(values)s::text[]) WITH ORDINALITY AS u(v, n)
+ ORDER BY n;
+
 -- name: put_meta
 INSERT INTO ferry.meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO NOTHING;
 
