@@ -40,9 +40,7 @@ BROKEN: dict[str, str] = {
 }
 
 # Type families the pandas path cannot carry exactly while "pandas_exact" is broken.
-PANDAS_INEXACT = frozenset(
-    {"numeric", "numeric(38,15)", "real", "double precision", "money"}
-)
+PANDAS_INEXACT = frozenset({"numeric", "numeric(38,15)", "real", "double precision", "money"})
 
 # Type families whose '=' holds between values of different text (citext 'A' = 'a',
 # numeric 1.0 = 1.00, interval '1 day' = '24 hours', float -0 = 0, timestamptz at two

@@ -186,16 +186,13 @@ def load(conn: psycopg.Connection[Any], example: Example, table: str) -> list[st
     spare: list[str] = []
     if example.spare:
         ordered = [
-            r[0]
-            for r in conn.execute(sql.SQL("SELECT k::text FROM {} ORDER BY k").format(t))
+            r[0] for r in conn.execute(sql.SQL("SELECT k::text FROM {} ORDER BY k").format(t))
         ]
         inner = ordered[1:-1]
         random.Random(len(ordered)).shuffle(inner)
         spare = inner[: example.spare]
         if spare:
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE k::text = ANY(%s)").format(t), (spare,)
-            )
+            conn.execute(sql.SQL("DELETE FROM {} WHERE k::text = ANY(%s)").format(t), (spare,))
     conn.execute(sql.SQL("ANALYZE {}").format(t))
     conn.execute(
         sql.SQL(
@@ -503,7 +500,7 @@ def check_forward(
         if len(writes) > 1:
             problems.append(f"key {key!r} written {len(writes)} times by the run")
         window = by_chunk.get(holders[0]) if holders else None
-        for seq, txid, old, new, op in writes:
+        for _seq_no, txid, old, new, op in writes:
             if op != "UPDATE" or old is None:
                 problems.append(f"key {key!r}: the run did {op}")
                 continue
@@ -590,8 +587,10 @@ def check_rollback(
         now = post.get(key)
         if key not in wrote or current is None:
             if now != current:
-                problems.append(f"key {key!r}: rollback changed a row the run did not write"
-                                f"\n    {current}\n  ->\n    {now}")
+                problems.append(
+                    f"key {key!r}: rollback changed a row the run did not write"
+                    f"\n    {current}\n  ->\n    {now}"
+                )
             continue
         old, new = wrote[key]
         row = conn.execute(restore, (current, old, new)).fetchone()
@@ -599,9 +598,7 @@ def check_rollback(
         restored, untouched = row
         if untouched:
             if now != restored:
-                problems.append(
-                    f"key {key!r}: not restored\n    {now}\n  expected\n    {restored}"
-                )
+                problems.append(f"key {key!r}: not restored\n    {now}\n  expected\n    {restored}")
         elif check_touched and now != current:
             problems.append(
                 f"key {key!r}: rollback overwrote the application's write\n    {current}\n"
@@ -609,5 +606,3 @@ def check_rollback(
             )
     if problems:
         raise Discrepancy(_report("rollback", problems, repro))
-
-

@@ -83,9 +83,7 @@ _OFFSETS = st.sampled_from(["+00", "-08", "+05:30", "+14", "-12:45"])
 
 
 def _json_value() -> st.SearchStrategy[Any]:
-    scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(10**20), 10**20), _text(10)
-    )
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), _text(10))
     return st.recursive(
         scalars,
         lambda inner: st.one_of(
@@ -102,7 +100,7 @@ def _json_text() -> st.SearchStrategy[str]:
         [
             '{"b": 1, "a": 2}',
             '{"a": 1, "a": 2}',
-            '  [1, 2.50, 1e400, -0]  ',
+            "  [1, 2.50, 1e400, -0]  ",
             '"\\u00fc\\\\ \\t"',
             "null",
             "{}",
@@ -156,16 +154,23 @@ FAMILIES: tuple[TypeFamily, ...] = (
         "numeric(38,15)",
         _from(
             ["12345678901234567.123456789012345", "-0.000000000000001", "NaN", "0"],
-            st.decimals(
-                min_value=-(10**22), max_value=10**22, allow_nan=False, places=15
-            ).map(str),
+            st.decimals(min_value=-(10**22), max_value=10**22, allow_nan=False, places=15).map(str),
         ),
     ),
     TypeFamily(
         "real",
         "real",
         _from(
-            ["-0", "NaN", "Infinity", "-Infinity", "1.17549435e-38", "3.4028235e+38", "1e-45", "0.1"],
+            [
+                "-0",
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "1.17549435e-38",
+                "3.4028235e+38",
+                "1e-45",
+                "0.1",
+            ],
             _float_text(32),
         ),
     ),
@@ -199,7 +204,14 @@ FAMILIES: tuple[TypeFamily, ...] = (
         "date",
         "date",
         _from(
-            ["infinity", "-infinity", "4713-01-01 BC", "0001-01-01 BC", "5874897-12-31", "2000-02-29"],
+            [
+                "infinity",
+                "-infinity",
+                "4713-01-01 BC",
+                "0001-01-01 BC",
+                "5874897-12-31",
+                "2000-02-29",
+            ],
             _DATES.map(str),
         ),
     ),
@@ -259,7 +271,7 @@ FAMILIES: tuple[TypeFamily, ...] = (
             st.builds(
                 lambda y, d, s: f"{y} years {d} days {s} seconds",
                 st.integers(-1000, 1000),
-                st.integers(-10**5, 10**5),
+                st.integers(-(10**5), 10**5),
                 st.decimals(-(10**6), 10**6, places=6, allow_nan=False).map(str),
             ),
         ),
@@ -283,14 +295,16 @@ FAMILIES: tuple[TypeFamily, ...] = (
         _from(
             ['{"a\\"b",NULL,"NULL","c d"}', '{{"x","\\\\"},{"",NULL}}', "{}", '{"\t"}'],
             st.lists(st.one_of(st.none(), _text(8)), max_size=4).map(
-                lambda xs: "{"
-                + ",".join(
-                    "NULL"
-                    if x is None
-                    else '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                    for x in xs
+                lambda xs: (
+                    "{"
+                    + ",".join(
+                        "NULL"
+                        if x is None
+                        else '"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                        for x in xs
+                    )
+                    + "}"
                 )
-                + "}"
             ),
         ),
     ),
@@ -308,7 +322,9 @@ FAMILIES: tuple[TypeFamily, ...] = (
     TypeFamily(
         "cidr",
         "cidr",
-        _from(["10.0.0.0/8", "2001:db8::/32", "192.168.1.128/25", "::/0"], st.ip_addresses().map(str)),
+        _from(
+            ["10.0.0.0/8", "2001:db8::/32", "192.168.1.128/25", "::/0"], st.ip_addresses().map(str)
+        ),
     ),
     TypeFamily(
         "macaddr",
@@ -359,20 +375,25 @@ def keys(draw: st.DrawFn, count: int) -> KeySpec:
             if draw(st.booleans()):
                 ints[0] = -bound - 1  # the type's lower bound as a key
         else:
-            ints = draw(st.lists(st.integers(-bound - 1, bound), min_size=count, max_size=count, unique=True))
+            ints = draw(
+                st.lists(
+                    st.integers(-bound - 1, bound), min_size=count, max_size=count, unique=True
+                )
+            )
         return KeySpec(kind, shape, tuple(str(i) for i in ints))
     if kind == "uuid":
         ids = draw(st.lists(st.uuids(), min_size=count, max_size=count, unique=True))
         return KeySpec(kind, "random", tuple(str(u) for u in ids))
     if kind == "text":
         collation = draw(st.sampled_from(["", ' COLLATE "C"', ' COLLATE "und-x-icu"']))
-        texts = draw(
-            st.lists(_text(12), min_size=count, max_size=count, unique=True)
-        )
+        texts = draw(st.lists(_text(12), min_size=count, max_size=count, unique=True))
         return KeySpec("text" + collation, "random", tuple(texts))
     stamps = draw(
-        st.lists(st.builds(lambda d, o: d.isoformat(sep=" ") + o, _DATETIMES, _OFFSETS),
-                 min_size=count, max_size=count)
+        st.lists(
+            st.builds(lambda d, o: d.isoformat(sep=" ") + o, _DATETIMES, _OFFSETS),
+            min_size=count,
+            max_size=count,
+        )
     )
     if draw(st.booleans()):
         stamps[0] = "-infinity"
@@ -459,9 +480,7 @@ def examples(
     for i in range(n_cols - len(columns)):
         columns.append(Column(f"o{i}", draw(st.sampled_from(families)), "other"))
     cells = [c.family.cell() for c in columns]
-    rows = draw(
-        st.lists(st.tuples(*cells), min_size=len(key.values), max_size=len(key.values))
-    )
+    rows = draw(st.lists(st.tuples(*cells), min_size=len(key.values), max_size=len(key.values)))
     spare = n_spare
     chunk_size = draw(st.one_of(st.integers(5, 50), st.integers(1, 4)))
     if chunk_size < 5:  # many chunks: keep the table small
@@ -516,4 +535,3 @@ def examples(
         kill=draw(st.integers(0, 9)) == 0,
         post_ops=tuple(post_ops),
     )
-
