@@ -288,7 +288,11 @@ def run_example(
         before = snapshot(conn, table)
         path = spec_dir / f"{table}.py"
         path.write_text(backfill_source(example, table))
-        plan = commands.launch(ctx, f"{path}:b", limits=Limits(db_load=None))
+        try:
+            plan = commands.launch(ctx, f"{path}:b", limits=Limits(db_load=None))
+        except Exception as exc:  # a launch that refuses a valid backfill is a finding too
+            repro = _reproduction(example, table, path, before, [])
+            raise Discrepancy(f"launch failed: {type(exc).__name__}: {exc}\n{repro}") from exc
         run_id = plan.run_id
         assert run_id is not None
         stop = threading.Event()
