@@ -15,6 +15,7 @@ the property and the regression test hold it from then on.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from psycopg import sql
 
 from coordinator import commands
 from tests.conftest import REDIS, ROOT, SERVER, WorkerPool, _unavailable
+from tests.properties.harness import _restarts
 from tests.properties.strategies import SETUP_SQL
 from workers.settings import Settings
 
@@ -166,9 +168,17 @@ def props_pool(
     props_env: dict[str, str], coordinator: commands.Context, tmp_path_factory: Any
 ) -> Iterator[WorkerPool]:
     pool = WorkerPool(props_env, tmp_path_factory.mktemp("props-workers"))
-    pool.start("p1")
-    pool.start("p2")
+    starting = [threading.Thread(target=pool.start, args=(name,)) for name in ("p1", "p2")]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join()
+    if len(pool.procs) != 2:
+        pool.stop_all()
+        pytest.fail("the harness's workers did not start")
     yield pool
+    for thread in _restarts:
+        thread.join()
     pool.stop_all()
 
 

@@ -260,6 +260,23 @@ def _apply_ops(
     return done
 
 
+_restarts: list[threading.Thread] = []
+
+
+def kill_one(pool: WorkerPool) -> None:
+    """SIGKILL worker p1 mid-run and start a fresh one in the background: the run goes on
+    with the other worker, the sweeper re-queues the killed one's chunk when its lease ends
+    (a worker takes seconds to start on a loaded machine; the example does not wait)."""
+    for thread in _restarts:
+        thread.join()
+    _restarts.clear()
+    time.sleep(0.05)
+    pool.kill("p1")
+    thread = threading.Thread(target=pool.start, args=("p1",), daemon=True)
+    thread.start()
+    _restarts.append(thread)
+
+
 def wait(ctx: commands.Context, run_id: int, timeout: float, final: Callable[[str], bool]) -> str:
     poll = commands.poller(ctx, run_id)
     deadline = time.monotonic() + timeout
@@ -308,9 +325,7 @@ def run_example(
         app = threading.Thread(target=application, daemon=True)
         app.start()
         if example.kill:
-            time.sleep(0.05)
-            pool.kill("p1")
-            pool.start("p1")
+            kill_one(pool)
         status = wait(ctx, run_id, 120, lambda s: s not in ("running", "planning"))
         stop.set()
         app.join(timeout=30)
