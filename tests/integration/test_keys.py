@@ -194,16 +194,18 @@ def test_every_ferry_connection_has_the_pinned_settings(
 
 
 @pytest.mark.parametrize(
-    ("key_type", "first"),
+    ("key_type", "first", "mode"),
     [
-        ("timestamptz", "2024-01-01 23:30:00+13:45"),
-        ("date", "2024-01-01"),
-        ("timestamp", "2024-01-01"),
+        ("timestamptz", "2024-01-01 23:30:00+13:45", "sql"),
+        ("timestamptz", "2024-01-01 23:30:00+13:45", "pandas"),
+        ("date", "2024-01-01", "sql"),
+        ("timestamp", "2024-01-01", "sql"),
     ],
 )
 def test_date_keys_apply_exactly_whatever_the_sessions_datestyle(
     key_type: str,
     first: str,
+    mode: str,
     odd_database: str,
     own_env: dict[str, str],
     tmp_path: Path,
@@ -211,27 +213,28 @@ def test_date_keys_apply_exactly_whatever_the_sessions_datestyle(
     """Found on main: bounds written in the coordinator's DateStyle (``06/01/2024``) were read
     by a worker in another (June 1st): one chunk took all rows, the rest failed. Here the
     database says DMY in Chatham, the coordinator's PGOPTIONS say MDY in New York: days
-    1..12 of each month read either way round."""
+    1..12 of each month read either way round. 150 rows of 7: the launch records 16 chunks
+    and its walk the other 6, from a boundary it reads back from the ledger."""
     env = {**own_env, "FERRY_DATABASE_URL": odd_database}
     coordinator_env = {**env, "PGOPTIONS": "-c DateStyle=SQL,MDY -c TimeZone=America/New_York"}
-    table = f"dated_{key_type}"
+    table = f"dated_{key_type}_{mode}"
     with psycopg.connect(odd_database, autocommit=True) as db:
         db.execute(
             sql.SQL(
                 "CREATE TABLE {t} (id {kt} PRIMARY KEY, hits integer); "
                 "INSERT INTO {t} (id) SELECT CAST({first} AS {kt}) + g * interval '1 day' "
-                "FROM generate_series(0, 99) AS g"
+                "FROM generate_series(0, 149) AS g"
             ).format(t=sql.Identifier(table), kt=sql.SQL(key_type), first=sql.Literal(first))
         )
         pool = WorkerPool(env, tmp_path)
         try:
             pool.start("dated")
-            run_id = launch(coordinator_env, _counting(tmp_path, table, 7))
+            run_id = launch(coordinator_env, _counting(tmp_path, table, 7, mode=mode))
             status = wait_run(db, run_id, timeout=120)
         finally:
             pool.stop_all()
-        assert (status, chunk_counts(db, run_id)) == ("completed", {"done": 15})
-        assert _hits(db, table) == {1: 100}
+        assert (status, chunk_counts(db, run_id)) == ("completed", {"done": 22})
+        assert _hits(db, table) == {1: 150}
         # the bounds are ISO text, the same whoever reads them
         bounds = db.execute(
             "SELECT hi FROM ferry.chunks WHERE run_id = %s ORDER BY chunk_no", (run_id,)
