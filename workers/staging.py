@@ -129,13 +129,20 @@ def run_transform(
     if _same_keys(out[key], read_keys):
         return out  # the common case: every row back, in order, its key untouched
     # Rows dropped, reordered or keys retyped: compare them as text, one by one.
-    keys = out[key].astype(str)
-    wanted = pd.Series(read_keys).astype(str)
+    keys = key_text(out[key])
+    wanted = key_text(pd.Series(read_keys))
     if not keys.is_unique:
         raise PermanentChunkError("transform output repeats a key")
     if not keys.isin(wanted).all():
         raise PermanentChunkError("transform output has keys that are not in the chunk")
     return out.assign(**{key: keys})
+
+
+def key_text(keys: pd.Series) -> pd.Series:
+    """Keys as text, value by value: ``astype(str)`` keeps what pandas counts as missing
+    missing, and it counts numeric's NaN (``Decimal('NaN')``, a key like any other) as
+    missing, which then staged as NULL matched no row: the row was silently not written."""
+    return pd.Series([str(k) for k in keys.tolist()], index=keys.index, dtype=object)
 
 
 def _same_keys(keys: pd.Series, read: Any) -> bool:
@@ -217,6 +224,6 @@ def _with_olds(out: pd.DataFrame, key: str, keys_read: Any, read: pd.DataFrame) 
     if _same_keys(out[key], keys_read):
         rows = read
     else:
-        position = pd.Series(range(len(keys_read)), index=pd.Series(keys_read).astype(str))
-        rows = read.iloc[position.loc[out[key].astype(str)].to_numpy()]
+        position = pd.Series(range(len(keys_read)), index=key_text(pd.Series(keys_read)))
+        rows = read.iloc[position.loc[key_text(out[key])].to_numpy()]
     return out.assign(**{c: rows[c].to_numpy() for c in read.columns})

@@ -276,22 +276,8 @@ KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-# workers/copyio reads numeric as float64 on main (issue 20 item 1, fixed by the exact-values
-# work): a numeric key then no longer finds its row. Strict: passes once that lands.
-FLOAT64_KEYS = pytest.mark.xfail(
-    strict=True, reason="pandas path reads numeric keys through float64 (issue 20 item 1)"
-)
-
-
 @pytest.mark.parametrize(
-    ("name", "mode"),
-    [
-        pytest.param(
-            name, mode, marks=FLOAT64_KEYS if (name, mode) == ("numeric", "pandas") else ()
-        )
-        for name in sorted(KEYS)
-        for mode in ("sql", "pandas")
-    ],
+    ("name", "mode"), [(n, m) for n in sorted(KEYS) for m in ("sql", "pandas")]
 )
 def test_every_key_type_applies_every_row_exactly_once(
     name: str,
