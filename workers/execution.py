@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +33,7 @@ from migrations.errors import (
 )
 from workers.db import Database
 from workers.failures import RuleFailure, classify, describe
-from workers.keepalive import kept_alive
+from workers.keepalive import kept_alive_context
 from workers.ledger import Ledger, q
 from workers.limits import Limits
 from workers.model import ChunkResult
@@ -45,6 +43,7 @@ from workers.sizing import Sizing
 from workers.staging import RunContext, stage_input
 from workers.statements import ChunkArgs, KeyRange
 from workers.telemetry import chunk_span, mark_range, step
+from workers.testhooks import kill_point
 
 log = logging.getLogger("ferry.chunk")
 Conn = psycopg.Connection[Any]
@@ -173,18 +172,6 @@ class ChunkExecutor:
             counts: Mapping[str, Any] | None = conn.execute(ctx.statements.apply(again)).fetchone()
         assert counts is not None
         return counts
-
-    def _kept_alive(self, conn: Conn, ctx: RunContext) -> RunContext:
-        """The run's context with its transform and Python rules keeping the chunk's session
-        alive while they run: slow is not dead (see ``workers.keepalive``)."""
-        interval = self.settings.idle_in_transaction_timeout_ms / 3000
-        limit = self.settings.transform_timeout
-        assert ctx.transform is not None
-        return replace(
-            ctx,
-            transform=kept_alive(ctx.transform, conn, interval, limit),
-            checks=tuple((i, kept_alive(check, conn, interval, limit)) for i, check in ctx.checks),
-        )
 
     # -- sizing ----------------------------------------------------------------------------
     def _split(self, ctx: RunContext, chunk_no: int, keep: int, planned: int) -> int | None:
@@ -325,9 +312,13 @@ class ChunkExecutor:
                 with step("ferry.lock"):
                     conn.execute(ctx.statements.lock_rows(key_range))
         else:  # the COPY that reads the chunk takes its row locks, or the versions it read
-            rows_read = stage_input(
-                conn, self._kept_alive(conn, ctx), key_range, lock=not ctx.statements.reads_unlocked
+            alive = kept_alive_context(
+                ctx,
+                conn,
+                interval=self.settings.idle_in_transaction_timeout_ms / 3000,
+                limit=self.settings.transform_timeout,
             )
+            rows_read = stage_input(conn, alive, key_range, lock=not ctx.statements.reads_unlocked)
         args = ChunkArgs(
             run_id=run_id,
             chunk_no=chunk_no,
@@ -361,7 +352,7 @@ class ChunkExecutor:
                     "window": window,
                 },
             ).fetchall()
-            _test_kill_point(self.settings.test_kill_once)
+            kill_point(self.settings.test_kill_once)  # TEST ONLY, off unless configured
             conn.commit()
         return ChunkResult(
             run_id=run_id,
@@ -374,22 +365,6 @@ class ChunkExecutor:
             duration_ms=duration_ms,
             released=tuple(sorted(r["chunk_no"] for r in released)),
         )
-
-
-def _test_kill_point(flag: str | None) -> None:
-    """TEST ONLY, off unless FERRY_TEST_KILL_ONCE names a file: the first worker process to
-    get here while that file exists deletes it and SIGKILLs itself, after the chunk's data
-    change and its done mark, before their COMMIT (tests/integration/test_exactly_once.py).
-    Past finish_chunk, not before it: a commit slipped in anywhere ahead of the done mark
-    then leaves the data change committed and the chunk not done, and the test sees it run
-    twice."""
-    if flag is None:
-        return
-    try:
-        os.unlink(flag)  # once: of several processes, the one that removes it dies
-    except FileNotFoundError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _add(first: Mapping[str, Any], again: Mapping[str, Any]) -> dict[str, Any]:

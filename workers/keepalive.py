@@ -27,10 +27,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
+
+from workers.staging import RunContext
 
 log = logging.getLogger("ferry.keepalive")
 P = ParamSpec("P")
@@ -90,3 +93,16 @@ def kept_alive(
             return fn(*args, **kwargs)
 
     return call
+
+
+def kept_alive_context(
+    ctx: RunContext, conn: psycopg.Connection[Any], *, interval: float, limit: float
+) -> RunContext:
+    """The run's context with its transform and Python rules keeping ``conn``'s session
+    alive while they run (the pandas path's slow parts: nothing else idles in a chunk)."""
+    assert ctx.transform is not None
+    return replace(
+        ctx,
+        transform=kept_alive(ctx.transform, conn, interval, limit),
+        checks=tuple((i, kept_alive(check, conn, interval, limit)) for i, check in ctx.checks),
+    )

@@ -74,7 +74,7 @@ class Settings:
     phi_columns: tuple[str, ...] = ()  # FERRY_PHI_COLUMNS, see migrations.classification
     encryption_key: str | None = field(default=None, repr=False)  # FERRY_ENCRYPTION_KEY
     # TEST ONLY (FERRY_TEST_KILL_ONCE): a file whose existence makes one worker process kill
-    # itself between a chunk's done mark and its COMMIT (see execution._test_kill_point).
+    # itself between a chunk's done mark and its COMMIT (see workers.testhooks).
     test_kill_once: str | None = None
 
     @classmethod

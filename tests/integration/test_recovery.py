@@ -325,8 +325,8 @@ def test_a_table_gone_stops_the_run_at_once_and_retry_resumes_it(
     stays pending, untried. Once the table is back, `ferry retry` runs them all."""
     pool.start("dropped")  # one process: one chunk in flight at a time
     make_numbers_table(db, "dropped", 3_000)
-    path = slow_spec(tmp_path, "dropped", 100, 0.1)
-    run_id = launch(own_env, f"{path}:s")
+    path = slow_spec(tmp_path, "dropped", 100, 0.3)  # 0.3 s a chunk: the run is still going
+    run_id = launch(own_env, f"{path}:b")
     deadline = time.monotonic() + 60
     while chunk_counts(db, run_id).get("done", 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -339,13 +339,15 @@ def test_a_table_gone_stops_the_run_at_once_and_retry_resumes_it(
         "SELECT attempts, error FROM ferry.chunks WHERE run_id = %s AND status = 'failed'",
         (run_id,),
     ).fetchone()
-    assert failed is not None and failed[0] == 1 and failed[1].startswith("42P01")
+    # a chunk that queued behind the rename's lock met a lock timeout first (55P03, retried):
+    # once, not six times, since 42P01 is not retried
+    assert failed is not None and failed[0] <= 2 and failed[1].startswith("42P01")
     untried = db.execute(
         "SELECT count(*) FROM ferry.chunks WHERE run_id = %s AND status = 'pending'"
         " AND attempts > 0",
         (run_id,),
     ).fetchone()
-    assert untried == (0,)
+    assert untried is not None and untried[0] <= 1  # at most the one behind the rename's lock
     alerts = db.execute(
         "SELECT type, message FROM ferry.alerts WHERE run_id = %s", (run_id,)
     ).fetchall()
@@ -359,6 +361,9 @@ def test_a_table_gone_stops_the_run_at_once_and_retry_resumes_it(
     assert wait_run(db, run_id, timeout=120) == "completed"
     assert db.execute(
         "SELECT count(*) FROM dropped WHERE score IS DISTINCT FROM a * 3 + b"
+    ).fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM dropped WHERE code IS DISTINCT FROM upper(trim(name))"
     ).fetchone() == (0,)
     written = db.execute(
         "SELECT sum(rows_written), sum(rows_read) FROM ferry.chunks WHERE run_id = %s", (run_id,)

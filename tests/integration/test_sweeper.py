@@ -1,7 +1,8 @@
 """The lease sweeper (workers.sweeper), judged by assertions on one sweep at a time.
 
-No worker consumes the test's queue: the sweeps are this test's calls, the queue is the
-real Redis list the chunks' tasks go to, the ledger the real one.
+The sweeps are this test's calls only: the ledger is in a database of the module's own
+(the session's workers sweep every ledger of the session's database), no worker consumes
+the test's queue, and the queue is the real Redis list the chunks' tasks go to.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
-from tests.conftest import ferry
+from tests.conftest import SERVER, ferry
 from tests.helpers import launch, make_numbers_table, slow_spec
 from workers.celery_app import make_app
 from workers.db import Database
@@ -24,6 +28,30 @@ from workers.dispatch import Dispatcher
 from workers.ledger import Ledger
 from workers.settings import Settings
 from workers.sweeper import sweep
+
+
+@pytest.fixture(scope="module")
+def private_url(env: dict[str, str]) -> Iterator[str]:
+    """A database with a ledger of its own, which no worker of the session sweeps."""
+    name = f"ferry_sweep_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(SERVER, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = SERVER.rsplit("/", 1)[0] + "/" + name
+    ferry("init", env={**env, "FERRY_DATABASE_URL": url}, check=True)
+    yield url
+    with psycopg.connect(SERVER, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def private(
+    own_env: dict[str, str], private_url: str
+) -> Iterator[tuple[dict[str, str], psycopg.Connection[Any]]]:
+    """The test's environment on the private ledger, and a connection to it."""
+    with psycopg.connect(private_url, autocommit=True) as conn:
+        yield {**own_env, "FERRY_DATABASE_URL": private_url}, conn
 
 
 def _queued(client: redis.Redis, queue: str) -> list[tuple[str, list[Any]]]:
@@ -37,17 +65,15 @@ def _queued(client: redis.Redis, queue: str) -> list[tuple[str, list[Any]]]:
 
 
 def test_one_sweep_requeues_exactly_the_chunks_whose_worker_is_gone(
-    db: psycopg.Connection[Any],
-    own_env: dict[str, str],
-    tmp_path: Path,
-    database_url: str,
-    ledger_ready: None,
+    private: tuple[dict[str, str], psycopg.Connection[Any]], tmp_path: Path
 ) -> None:
     """Of three claimed chunks, one whose lease expired with nobody at it, one whose lease
     runs on, and one whose lease expired but whose transaction is alive (its row locked, as
     a live chunk transaction holds it): one sweep sets the first pending and sends its task,
     and leaves the other two alone; once the third's transaction ends, the next sweep
     re-queues it too."""
+    own_env, db = private
+    database_url = own_env["FERRY_DATABASE_URL"]
     settings = Settings.from_env(own_env)
     ledger = Ledger(Database(settings))
     dispatcher = Dispatcher(make_app(settings), settings.queue)
@@ -87,15 +113,12 @@ def test_one_sweep_requeues_exactly_the_chunks_whose_worker_is_gone(
 
 @pytest.mark.parametrize("status", ["paused", "cancelled"])
 def test_a_stopped_run_is_not_swept(
-    status: str,
-    db: psycopg.Connection[Any],
-    own_env: dict[str, str],
-    tmp_path: Path,
-    database_url: str,
-    ledger_ready: None,
+    status: str, private: tuple[dict[str, str], psycopg.Connection[Any]], tmp_path: Path
 ) -> None:
     """An expired lease of a paused or cancelled run is not re-queued: `ferry resume` (or
     nothing) sends its chunks, not the sweeper."""
+    own_env, db = private
+    database_url = own_env["FERRY_DATABASE_URL"]
     settings = Settings.from_env(own_env)
     ledger = Ledger(Database(settings))
     dispatcher = Dispatcher(make_app(settings), settings.queue)
