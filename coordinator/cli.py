@@ -325,6 +325,10 @@ def rollback(
         result = commands.rollback(ctx, run_id, chunk_no=chunk_no, force=force)
         click.echo(f"rolling back {result['chunks']} chunk(s) of run {run_id}")
         if not wait:
+            click.echo(
+                f"`ferry status {run_id}` follows it and counts the rows the application "
+                "changed since, which are left as they are"
+            )
             return
         status = render.follow(
             result["chunks"] if chunk_no is None else 1,

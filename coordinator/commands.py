@@ -297,7 +297,9 @@ def _prepare(
             )
             # One sample of the pre-images' width: their layout (stored with the run, so every
             # worker writes what the run began with) and the disk estimate below.
-            per_row = sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
+            # A backup row holds the key, the pre-images and, as wide again, what the chunk
+            # wrote (post-images, for the rollback): twice the sampled width, a little over.
+            per_row = 2 * sample_size_bytes(conn, spec.qualified, spec.key, spec.writes)
             saved = [spec.column_types[c] for c in (spec.key, *spec.writes)]
             layout = pre_image_layout(
                 per_row, spec.chunk_size, arrays=any(t.endswith("]") for t in saved)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 Conn = psycopg.Connection[Any]
 
-ACTIVE = ("planning", "running", "paused", "rolling_back")
+# rollback_failed: its chunks' writes are still in the table and their pre-images needed
+ACTIVE = ("planning", "running", "paused", "rolling_back", "rollback_failed")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PERIOD = re.compile(r"\s*(\d{1,6})\s*([smhdw])\s*")
 

@@ -279,27 +279,31 @@ def test_pending_and_failed_reruns_are_restored(
 
 
 @pytest.mark.usefixtures("workers")
+@pytest.mark.parametrize(
+    ("change", "sqlstate"),
+    [("DROP TABLE {t}", "42P01"), ("ALTER TABLE {t} DROP COLUMN code", "42703")],
+)
 def test_rollback_of_a_dropped_table_ends_rollback_failed(
-    db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
+    change: str, sqlstate: str, db: psycopg.Connection[Any], env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Every restore meets 42P01: each chunk fails at once (no retry can fix it), the error is
-    recorded per chunk, the run ends rollback_failed with an alert, ``--wait`` returns 1 and
-    ``ferry status`` says failed."""
-    table = "rb_dropped"
+    """Every restore meets 42P01 (table dropped) or 42703 (a written column dropped): each
+    chunk fails at once (no retry can fix it), the error is recorded per chunk, the run ends
+    rollback_failed with an alert, ``--wait`` returns 1 and ``ferry status`` says failed."""
+    table = f"rb_dropped_{sqlstate.lower()}"
     make_numbers_table(db, table, 450)
     run_id = launch(env, f"{spec_file(tmp_path, SCORE_SPEC.format(table=table))}:score")
     assert wait_run(db, run_id) == "completed"
-    db.execute(f"DROP TABLE {table}")
+    db.execute(change.format(t=table))
     rb = _rollback_wait(env, run_id)
     assert rb.returncode == 1, rb.stdout + rb.stderr
-    assert "5 chunk(s) could not be restored: 42P01" in rb.stderr
+    assert f"5 chunk(s) could not be restored: {sqlstate}" in rb.stderr
     assert _settled(db, run_id, timeout=5) == "rollback_failed"
     chunks = db.execute(
         "SELECT status, restore_attempts, left(restore_error, 5), restore_failed_at IS NOT NULL"
         " FROM ferry.chunks WHERE run_id = %s ORDER BY chunk_no",
         (run_id,),
     ).fetchall()
-    assert chunks == [("done", 1, "42P01", True)] * 5
+    assert chunks == [("done", 1, sqlstate, True)] * 5
     alerts = db.execute(
         "SELECT type FROM ferry.alerts WHERE run_id = %s AND type = 'rollback_failed'", (run_id,)
     ).fetchall()
