@@ -64,14 +64,15 @@ _app: list[Celery] = []
 def default_app() -> Celery:
     """The worker's app, built from the environment the first time it is asked for."""
     if not _app:
-        settings = Settings.from_env()
-        _app.append(make_app(settings, startup_identity(settings)))
+        # No database here: Flower and other tools build this app too. A worker reads its
+        # ledger's identity as it starts (workers.signals.bind_to_ledger).
+        _app.append(make_app(Settings.from_env()))
         import workers.signals  # noqa: F401  (connects worker lifecycle hooks)
     return _app[0]
 
 
 def startup_identity(settings: Settings) -> str | None:
-    """The identity of the worker's ledger, read when the app is built.
+    """The identity of the worker's ledger, read as the worker starts.
 
     Without FERRY_QUEUE the queue is derived from it, so the worker waits for its ledger
     (up to STARTUP_WAIT_S) and then fails with one clear message; with FERRY_QUEUE one
@@ -98,8 +99,8 @@ def startup_identity(settings: Settings) -> str | None:
                         log.warning("ledger identity not read at start-up: %s", why)
                         return None
                     raise BadInput(
-                        f"cannot read the ledger's identity ({why}), which names this "
-                        "worker's queue: run `ferry init`, or set FERRY_QUEUE"
+                        f"the ledger's identity names this worker's queue and cannot be read "
+                        f"({why}); or set FERRY_QUEUE"
                     ) from None
                 time.sleep(1.0)
     finally:
