@@ -13,7 +13,7 @@ import psycopg
 import sqlalchemy as sa
 from celery import shared_task
 
-from migrations.errors import CheckFailed, NotFound, PermanentChunkError, TransientChunkError
+from migrations.errors import FerryError, PermanentChunkError, TransientChunkError
 from workers.identity import default_queue
 from workers.limits import Limits
 from workers.restore import restore_chunk
@@ -111,7 +111,7 @@ def _serving(task: Any, run_id: int, chunk_no: int, ledger: str | None) -> Runti
         rt = runtime(task.request.hostname)
     except sa.exc.DBAPIError as exc:
         return _step_aside(task, run_id, chunk_no, _unreachable(exc))
-    except (NotFound, CheckFailed) as exc:
+    except FerryError as exc:  # no ledger yet, a copy not re-keyed, no database URL
         return _step_aside(task, run_id, chunk_no, str(exc))
     if ledger is not None and ledger != rt.identity:
         return _forward(task, rt, ledger, run_id, chunk_no)
