@@ -21,8 +21,10 @@ from workers.settings import Settings
 
 log = logging.getLogger("ferry.app")
 # How long a worker started without FERRY_QUEUE waits for its ledger (database down, or
-# `ferry init` not run yet) before it gives up: it cannot know its queue without it.
-STARTUP_WAIT_S = 60.0
+# `ferry init` not run yet: `docker compose up` starts workers first) before it gives up:
+# it cannot know its queue without it. It says why every STARTUP_SAY_S meanwhile.
+STARTUP_WAIT_S = 300.0
+STARTUP_SAY_S = 15.0
 # The queue of an app that knows neither FERRY_QUEUE nor its ledger (Flower without a
 # database URL): nothing is sent or consumed there by a worker of a ledger.
 UNBOUND_QUEUE = "ferry"
@@ -64,27 +66,30 @@ _app: list[Celery] = []
 def default_app() -> Celery:
     """The worker's app, built from the environment the first time it is asked for."""
     if not _app:
-        settings = Settings.from_env()
-        _app.append(make_app(settings, startup_identity(settings)))
+        # No database here: Flower and other tools build this app too. A worker reads its
+        # ledger's identity as it starts (workers.signals.bind_to_ledger).
+        _app.append(make_app(Settings.from_env()))
         import workers.signals  # noqa: F401  (connects worker lifecycle hooks)
     return _app[0]
 
 
 def startup_identity(settings: Settings) -> str | None:
-    """The identity of the worker's ledger, read when the app is built.
+    """The identity of the worker's ledger, read as the worker starts.
 
     Without FERRY_QUEUE the queue is derived from it, so the worker waits for its ledger
     (up to STARTUP_WAIT_S) and then fails with one clear message; with FERRY_QUEUE one
     attempt is made, and a worker that could not read it reads it when its first task
     arrives (workers.runtime).
     """
-    if not settings.database_url:
-        return None
+    if not settings.database_url and settings.queue is not None:
+        return None  # tasks are handed back until the worker can read a ledger
     from workers.db import Database
     from workers.ledger import Ledger
 
-    db = Database(settings, pool_size=1)
-    deadline = time.monotonic() + (STARTUP_WAIT_S if settings.queue is None else 0.0)
+    db = Database(settings, pool_size=1)  # BadInput: no or a malformed FERRY_DATABASE_URL
+    began = time.monotonic()
+    deadline = began + (STARTUP_WAIT_S if settings.queue is None else 0.0)
+    said = began - STARTUP_SAY_S
     try:
         while True:
             try:
@@ -93,13 +98,17 @@ def startup_identity(settings: Settings) -> str | None:
                 raise
             except (NotFound, sa.exc.DBAPIError) as exc:
                 why = str(exc) if isinstance(exc, NotFound) else type(exc.orig or exc).__name__
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now < deadline and now - said >= STARTUP_SAY_S:
+                    said = now
+                    log.warning("waiting for the ledger, whose identity names the queue: %s", why)
+                if now >= deadline:
                     if settings.queue is not None:
                         log.warning("ledger identity not read at start-up: %s", why)
                         return None
                     raise BadInput(
-                        f"cannot read the ledger's identity ({why}), which names this "
-                        "worker's queue: run `ferry init`, or set FERRY_QUEUE"
+                        f"the ledger's identity names this worker's queue and cannot be read "
+                        f"({why}); or set FERRY_QUEUE"
                     ) from None
                 time.sleep(1.0)
     finally:

@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
 import sqlalchemy as sa
 from celery.signals import (
+    celeryd_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -18,14 +20,37 @@ from celery.signals import (
 
 from migrations.errors import FerryError
 from workers import telemetry
+from workers.celery_app import startup_identity
 from workers.identity import default_queue
 from workers.runtime import Runtime, dispatcher, runtime
+from workers.settings import Settings
 from workers.sweeper import SweeperThread
 
 log = logging.getLogger("ferry.worker")
 _threads: list[SweeperThread] = []
 # Seconds between attempts to read the ledger of a worker started while it could not.
 BIND_RETRY_S = 5.0
+
+
+@celeryd_init.connect
+def bind_to_ledger(conf: Any = None, **_: Any) -> None:
+    """Before the worker sets up its queues: read its ledger's identity and, without
+    FERRY_QUEUE, make the ledger's own queue the one it consumes (no ``-Q`` needed).
+
+    Raises SystemExit, the one exception Celery's signal dispatch lets through, when the
+    queue cannot be known: one line on stderr, and the worker does not start.
+    """
+    settings = Settings.from_env()
+    try:
+        ledger = startup_identity(settings)
+    except FerryError as exc:
+        print(f"ferry worker: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    if conf is None or ledger is None:
+        return
+    conf.ferry_ledger = ledger
+    if settings.queue is None:
+        conf.task_default_queue = default_queue(ledger)
 
 
 @worker_ready.connect

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from celery import shared_task
+from celery.exceptions import Reject
 
-from migrations.errors import CheckFailed, NotFound, PermanentChunkError, TransientChunkError
+from migrations.errors import FerryError, PermanentChunkError, TransientChunkError
 from workers.identity import default_queue
 from workers.limits import Limits
 from workers.restore import restore_chunk
@@ -111,7 +112,7 @@ def _serving(task: Any, run_id: int, chunk_no: int, ledger: str | None) -> Runti
         rt = runtime(task.request.hostname)
     except sa.exc.DBAPIError as exc:
         return _step_aside(task, run_id, chunk_no, _unreachable(exc))
-    except (NotFound, CheckFailed) as exc:
+    except FerryError as exc:  # no ledger yet, a copy not re-keyed, no database URL
         return _step_aside(task, run_id, chunk_no, str(exc))
     if ledger is not None and ledger != rt.identity:
         return _forward(task, rt, ledger, run_id, chunk_no)
@@ -128,19 +129,30 @@ def _forward(task: Any, rt: Runtime, ledger: str, run_id: int, chunk_no: int) ->
     (workers.signals), and take it off this one. Never dropped, and never looked up here:
     run ``run_id`` of this ledger is another run, or none.
 
-    Sent before this task returns: a send that fails raises, and the task is retried where
-    it was (acks late), so it is not lost either way.
+    Sent before this task returns (acks late: the message is acknowledged after it); a send
+    that fails rejects the message back onto its queue instead of failing the task, which
+    Celery would acknowledge: either way it is not lost.
     """
-    target = default_queue(ledger)
-    task.app.send_task(
-        task.name,
-        args=[int(run_id), int(chunk_no)],
-        kwargs={"ledger": ledger},
-        task_id=task.request.id,
-        queue=target,
-        shadow=f"{task.name}[{ledger} run {run_id} chunk {chunk_no}]",
-        ignore_result=True,
-    )
+    try:
+        target = default_queue(ledger)
+    except ValueError:  # no ledger Ferry made: not a task of a Ferry ledger at all
+        log.error("task %s names no valid ledger: not run, not forwarded", task.request.id)
+        return {"run": run_id, "chunk": chunk_no, "outcome": "rejected"}
+    try:
+        task.app.send_task(
+            task.name,
+            args=[int(run_id), int(chunk_no)],
+            kwargs={"ledger": ledger},
+            task_id=task.request.id,
+            queue=target,
+            shadow=f"{task.name}[{ledger} run {run_id} chunk {chunk_no}]",
+            ignore_result=True,
+        )
+    except Exception as exc:  # the broker: put the message back where it came from
+        log.warning(
+            "task %s of ledger %s not forwarded: %s", task.request.id, ledger, type(exc).__name__
+        )
+        raise Reject(f"not forwarded: {type(exc).__name__}", requeue=True) from None
     log.warning(
         "task %s belongs to ledger %s, not this worker's (%s): forwarded to queue %s",
         task.request.id,

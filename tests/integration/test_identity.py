@@ -278,3 +278,30 @@ def test_identity_is_made_once_and_a_copied_ledger_is_refused_until_init_rekeys_
             queue = conn.execute("SELECT params->>'queue' FROM ferry.runs").fetchone()
         assert queue == (f"ferry.{original}",)
         assert ferry("status", "1", "--json", env=env_x).returncode == 0
+
+
+def test_an_upgraded_ledger_gets_an_identity_once_and_its_runs_follow_its_queue(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A ledger of version 9 (no identity; runs launched on the one shared queue "ferry")
+    upgraded by ``ferry init``: the identity is made then and kept by every later init."""
+    tag = uuid.uuid4().hex[:6]
+    with database(f"ferry_id_g_{tag}") as url:
+        env_x = ledger_env(env, url)
+        spec = prepare(url, env_x, tmp_path, QUICK, bad=0, rows=300)
+        assert launch(env_x, spec, "--db-load", "0") == 1
+        with psycopg.connect(url, autocommit=True) as conn:  # back to version 9, as it was
+            conn.execute("DROP TABLE ferry.identity")
+            conn.execute("DROP FUNCTION ferry.system_identifier()")
+            conn.execute("DELETE FROM ferry.ledger_version WHERE version = 10")
+            conn.execute("""UPDATE ferry.runs SET params = params || '{"queue": "ferry"}'""")
+        upgraded = ferry("init", env=env_x, check=True)
+        assert "applied: 10" in upgraded.stdout
+        with psycopg.connect(url) as conn:
+            made = ledger_id(conn)
+            queue = conn.execute("SELECT params->>'queue' FROM ferry.runs").fetchone()
+        assert queue == (None,)  # the run's tasks go to the ledger's own queue from now on
+        for _ in range(2):
+            assert f"ledger identity {made}" in ferry("init", env=env_x, check=True).stdout
+        with psycopg.connect(url) as conn:
+            assert ledger_id(conn) == made
