@@ -229,7 +229,8 @@ _STRINGS = frozenset({"text", "character varying", "character"})
 
 
 def exact_form(value: sql.Composable, type_text: str) -> sql.Composable:
-    """``value`` (of type ``type_text``) in a form whose equality is identity.
+    """``value`` (of type ``type_text``) in a form whose equality is identity: one or two
+    expressions, to be placed in a row constructor ``( ... )``.
 
     ``IS DISTINCT FROM`` on typed values says 0 = -0 (float), 1.0 = 1.00 (numeric),
     '1 day' = '24 hours' (interval), 'A' = 'a' (citext, nondeterministic collations), and
@@ -244,6 +245,14 @@ def exact_form(value: sql.Composable, type_text: str) -> sql.Composable:
         return value
     if kind in _STRINGS:
         return sql.SQL('{} COLLATE "C"').format(value)
+    # Cheaper than text where a chunk writes numbers (the row form goes into a row
+    # constructor): a numeric is its value and its scale (NaN and the infinities have
+    # none); a float its value, and its text only where it is a zero that may be -0
+    # (PostgreSQL's float equality already holds NaN equal to NaN).
+    if kind == "numeric":
+        return sql.SQL("{v}, scale({v})").format(v=value)
+    if kind in ("double precision", "real"):
+        return sql.SQL("{v}, CASE WHEN {v} = 0 THEN ({v})::text END").format(v=value)
     return sql.SQL('({})::text COLLATE "C"').format(value)
 
 

@@ -532,7 +532,7 @@ SELECT {read}::bigint AS rows_read, (SELECT n FROM changed) AS rows_changed,
             return sql.SQL("{c} = {v}").format(c=self.writes[0], v=news[0])
         return sql.SQL(", ").join(
             sql.SQL(
-                "{c} = CASE WHEN {o} IS NOT DISTINCT FROM {n} THEN {cur}.{c} ELSE {v} END"
+                "{c} = CASE WHEN ({o}) IS NOT DISTINCT FROM ({n}) THEN {cur}.{c} ELSE {v} END"
             ).format(
                 c=c,
                 o=exact_form(o, self.spec.column_types[name]),

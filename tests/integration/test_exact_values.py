@@ -80,13 +80,16 @@ def _json_text(unique: bool) -> st.SearchStrategy[str]:
         st.none()
         | st.booleans()
         | st.integers()
-        | st.text(max_size=8)
+        | st.text(st.characters(exclude_characters="\x00"), max_size=8)
         | st.floats(allow_nan=False, allow_infinity=False)
     )
     values = st.recursive(
         scalars,
         lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.text(st.characters(exclude_characters="\x00"), max_size=4), inner, max_size=3
+            )
         ),
         max_leaves=6,
     )
