@@ -515,9 +515,12 @@ def examples(
             row[2 * i], row[2 * i + 1] = a, b
             rows[row_no] = tuple(row)
     spare = n_spare
+    # several chunks an example, at most about 12 (each costs a task, forward and back)
     chunk_size = draw(st.one_of(st.integers(5, 50), st.integers(1, 4)))
-    if chunk_size < 5:  # many chunks: keep the table small
-        rows = rows[: 20 + spare + 2]
+    if chunk_size < 5:  # chunks of a row or a few: keep the table small
+        rows = rows[: chunk_size * 10 + spare + 2]
+    else:
+        chunk_size = max(chunk_size, -(-len(rows) // 12))
     n_initial = len(rows) - spare
     names = [c.name for c in columns]
     ops: list[AppOp] = []

@@ -67,14 +67,16 @@ def _check(
     )
 
 
-@pytest.mark.parametrize("mode", ["sql", "pandas"])
-def test_runs_match_the_oracle(
+def check_mode(
     mode: str,
     props_database_url: str,
     coordinator: commands.Context,
     props_pool: WorkerPool,
     spec_dir: Path,
 ) -> None:
+    """The property over ``mode``'s examples (its own test module per mode, so that
+    ``pytest -n 2 --dist loadfile`` runs the two side by side)."""
+
     @PROPERTY_SETTINGS
     @given(st.data())
     def check(data: Any) -> None:
@@ -84,3 +86,12 @@ def test_runs_match_the_oracle(
         _check(example, props_database_url, coordinator, props_pool, spec_dir)
 
     check()
+
+
+def test_sql_runs_match_the_oracle(
+    props_database_url: str,
+    coordinator: commands.Context,
+    props_pool: WorkerPool,
+    spec_dir: Path,
+) -> None:
+    check_mode("sql", props_database_url, coordinator, props_pool, spec_dir)
