@@ -515,6 +515,10 @@ def check_forward(
         holders = chunks.get(key, [])
         if len(holders) > 1:
             problems.append(f"key {key!r} lies in chunks {holders}")
+        if not holders:
+            # every key lies between the first and the last key the plan saw (the
+            # application inserts inside that range only): some chunk must hold it
+            problems.append(f"key {key!r}: no done chunk of the run holds it")
         writes = ferry_writes.get(key, [])
         if len(writes) > 1:
             problems.append(f"key {key!r} written {len(writes)} times by the run")
