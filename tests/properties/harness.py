@@ -186,7 +186,9 @@ def load(conn: psycopg.Connection[Any], example: Example, table: str) -> list[st
     spare: list[str] = []
     if example.spare:
         ordered = [
-            r[0] for r in conn.execute(sql.SQL("SELECT k::text FROM {} ORDER BY k").format(t))
+            # t.k, not k: a bare name in ORDER BY is the output column, the key as text
+            r[0]
+            for r in conn.execute(sql.SQL("SELECT t.k::text FROM {} AS t ORDER BY t.k").format(t))
         ]
         inner = ordered[1:-1]
         random.Random(len(ordered)).shuffle(inner)
