@@ -28,7 +28,7 @@ from psycopg import sql
 
 from coordinator import commands
 from tests.conftest import REDIS, ROOT, SERVER, WorkerPool, _unavailable
-from tests.properties.harness import _restarts
+from tests.properties.harness import restarting
 from tests.properties.strategies import SETUP_SQL
 from workers.settings import Settings
 
@@ -177,7 +177,7 @@ def props_pool(
         pool.stop_all()
         pytest.fail("the harness's workers did not start")
     yield pool
-    for thread in _restarts:
+    for thread in restarting:
         thread.join()
     pool.stop_all()
 

@@ -186,7 +186,9 @@ def load(conn: psycopg.Connection[Any], example: Example, table: str) -> list[st
     spare: list[str] = []
     if example.spare:
         ordered = [
-            r[0] for r in conn.execute(sql.SQL("SELECT k::text FROM {} ORDER BY k").format(t))
+            # t.k, not k: a bare name in ORDER BY is the output column, the key as text
+            r[0]
+            for r in conn.execute(sql.SQL("SELECT t.k::text FROM {} AS t ORDER BY t.k").format(t))
         ]
         inner = ordered[1:-1]
         random.Random(len(ordered)).shuffle(inner)
@@ -260,21 +262,21 @@ def _apply_ops(
     return done
 
 
-_restarts: list[threading.Thread] = []
+restarting: list[threading.Thread] = []
 
 
 def kill_one(pool: WorkerPool) -> None:
     """SIGKILL worker p1 mid-run and start a fresh one in the background: the run goes on
     with the other worker, the sweeper re-queues the killed one's chunk when its lease ends
     (a worker takes seconds to start on a loaded machine; the example does not wait)."""
-    for thread in _restarts:
+    for thread in restarting:
         thread.join()
-    _restarts.clear()
+    restarting.clear()
     time.sleep(0.05)
     pool.kill("p1")
     thread = threading.Thread(target=pool.start, args=("p1",), daemon=True)
     thread.start()
-    _restarts.append(thread)
+    restarting.append(thread)
 
 
 def wait(ctx: commands.Context, run_id: int, timeout: float, final: Callable[[str], bool]) -> str:
@@ -515,6 +517,10 @@ def check_forward(
         holders = chunks.get(key, [])
         if len(holders) > 1:
             problems.append(f"key {key!r} lies in chunks {holders}")
+        if not holders:
+            # every key lies between the first and the last key the plan saw (the
+            # application inserts inside that range only): some chunk must hold it
+            problems.append(f"key {key!r}: no done chunk of the run holds it")
         writes = ferry_writes.get(key, [])
         if len(writes) > 1:
             problems.append(f"key {key!r} written {len(writes)} times by the run")
@@ -559,6 +565,16 @@ def check_forward(
         problems.append(
             f"key {key!r} (chunk {window.chunk_no}) skipped: it held\n    {texts_alive[-1]}\n"
             f"  and f gives\n    {f_of[texts_alive[-1]][0]}"
+        )
+    counted = conn.execute(
+        "SELECT coalesce(sum(rows_written), 0) FROM ferry.chunks "
+        "WHERE run_id = %s AND status = 'done'",
+        (run_id,),
+    ).fetchone()
+    made = sum(len(w) for w in ferry_writes.values())
+    if counted is None or int(counted[0]) != made:
+        problems.append(
+            f"the ledger counts {counted and counted[0]} rows written, the table {made}"
         )
     if problems:
         raise Discrepancy(_report("forward run", problems, repro))

@@ -412,7 +412,7 @@ def keys(draw: st.DrawFn, count: int) -> KeySpec:
     )
     if draw(st.booleans()):
         stamps[0] = "-infinity"
-    # Distinct as instants, not as text: the table decides equality (see Example.load).
+    # Distinct as text, maybe not as instants: the table keeps the first (harness.load).
     return KeySpec("timestamptz", "random", tuple(_unique(stamps)))
 
 
@@ -438,7 +438,7 @@ class AppOp:
     """One application write performed while the run is under way."""
 
     kind: str  # update | insert | delete
-    row: int  # index into the initial rows (update, delete) or the spare keys (insert)
+    row: int  # index into the rows' keys (update, delete) or the spare keys (insert)
     column: str | None = None
     value: str | None = None
     values: tuple[str | None, ...] = ()
@@ -451,7 +451,7 @@ class Example:
     key: KeySpec
     columns: tuple[Column, ...]
     rows: tuple[tuple[str | None, ...], ...]  # one value per column, in column order
-    spare: int  # how many of key.values (the last ones after shuffling) are for inserts
+    spare: int  # keys set aside at load (inside the key range) for the application to insert
     writes: tuple[Write, ...]
     drop_rows: bool  # pandas: the transform drops the rows it leaves unchanged
     rule: bool  # a skip rule quarantines the rows whose key hashes to 0
@@ -515,9 +515,12 @@ def examples(
             row[2 * i], row[2 * i + 1] = a, b
             rows[row_no] = tuple(row)
     spare = n_spare
+    # several chunks an example, at most about 12 (each costs a task, forward and back)
     chunk_size = draw(st.one_of(st.integers(5, 50), st.integers(1, 4)))
-    if chunk_size < 5:  # many chunks: keep the table small
-        rows = rows[: 20 + spare + 2]
+    if chunk_size < 5:  # chunks of a row or a few: keep the table small
+        rows = rows[: chunk_size * 10 + spare + 2]
+    else:
+        chunk_size = max(chunk_size, -(-len(rows) // 12))
     n_initial = len(rows) - spare
     names = [c.name for c in columns]
     ops: list[AppOp] = []
