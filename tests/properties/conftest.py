@@ -33,15 +33,7 @@ from tests.properties.strategies import SETUP_SQL
 from workers.settings import Settings
 
 # dimension -> the issue 20 item it waits for, and the branch that fixes it.
-BROKEN: dict[str, str] = {
-    "pandas_exact": "issue 20 item 1 (exact values on the pandas path), fixed on branch exact",
-    "rollback_respects_app": "issue 20 item 3 (rollback overwrites the application), "
-    "fixed on branch rollback",
-    "json_written": "issue 20 (exact values on every type): a written json column fails the "
-    "plan, json has no '=' operator (42883)",
-    "equal_but_different": "issue 20 (a changed column is written as exactly what the "
-    "transform returned): values equal by '=' but different in text are not written",
-}
+BROKEN: dict[str, str] = {}
 
 # Type families the pandas path cannot carry exactly while "pandas_exact" is broken.
 PANDAS_INEXACT = frozenset({"numeric", "numeric(38,15)", "real", "double precision", "money"})
