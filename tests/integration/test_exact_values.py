@@ -11,9 +11,9 @@ pandas comes back as the same value, whether it is written or not.
 from __future__ import annotations
 
 import itertools
-import os
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
