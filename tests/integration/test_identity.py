@@ -31,7 +31,7 @@ from workers.progress import errors_key
 SLOW_FAILING = """
 b = Backfill(table="{table}", key="id", reads=["a", "b"], writes=["score"], chunk_size=100,
              sql={{"score": "CASE WHEN id = {bad} THEN -1 ELSE a * 3 + b END"
-                             " + (SELECT 0 FROM pg_sleep(0.6))"}})
+                             " + (SELECT 0 FROM pg_sleep(0.6))"}}, allow_functions=["pg_sleep"])
 """
 QUICK = """
 b = Backfill(table="{table}", key="id", reads=["a", "b"], writes=["score"], chunk_size=100,

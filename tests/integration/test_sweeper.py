@@ -76,7 +76,9 @@ def test_one_sweep_requeues_exactly_the_chunks_whose_worker_is_gone(
     database_url = own_env["FERRY_DATABASE_URL"]
     settings = Settings.from_env(own_env)
     ledger = Ledger(Database(settings))
-    dispatcher = Dispatcher(make_app(settings), settings.queue)
+    dispatcher = Dispatcher(
+        make_app(settings), settings.queue_for(ledger.identity()), ledger.identity()
+    )
     client = redis.Redis.from_url(settings.redis_url)
     make_numbers_table(db, "swept", 400)
     run_id = launch(own_env, f"{slow_spec(tmp_path, 'swept', 100)}:s")
@@ -121,7 +123,9 @@ def test_a_stopped_run_is_not_swept(
     database_url = own_env["FERRY_DATABASE_URL"]
     settings = Settings.from_env(own_env)
     ledger = Ledger(Database(settings))
-    dispatcher = Dispatcher(make_app(settings), settings.queue)
+    dispatcher = Dispatcher(
+        make_app(settings), settings.queue_for(ledger.identity()), ledger.identity()
+    )
     make_numbers_table(db, f"unswept_{status}", 200)
     run_id = launch(own_env, f"{slow_spec(tmp_path, f'unswept_{status}', 100)}:s")
     with psycopg.connect(database_url) as conn:

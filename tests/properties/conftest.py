@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -31,6 +31,8 @@ from tests.conftest import REDIS, ROOT, SERVER, WorkerPool, _unavailable
 from tests.properties.harness import restarting
 from tests.properties.strategies import SETUP_SQL
 from workers.settings import Settings
+
+F = TypeVar("F")
 
 # dimension -> the issue 20 item it waits for, and the branch that fixes it.
 BROKEN: dict[str, str] = {}
@@ -75,11 +77,11 @@ def only_families() -> frozenset[str] | None:
     return frozenset(only.split(",")) | {"boolean"} if only else None
 
 
-def broken(dimension: str) -> pytest.MarkDecorator:
+def broken(dimension: str) -> Callable[[F], F]:
     """A strict xfail while ``dimension`` is listed in BROKEN, no mark once it is fixed."""
     if dimension in BROKEN:
         return pytest.mark.xfail(strict=True, reason=BROKEN[dimension])
-    return pytest.mark.usefixtures()
+    return lambda test: test
 
 
 def examples_budget(default: int) -> int:

@@ -103,8 +103,6 @@ def test_a_value_equal_but_written_differently_is_written(
     props_pool: WorkerPool,
     spec_dir: Path,
 ) -> None:
-    if mode == "pandas" and family in ("numeric", "real", "double precision"):
-        pytest.skip("the pandas path reads these through float64: test_pandas_exact_values")
     pairs: list[tuple[str | None, str | None]] = [(new, old), (None, None), (new, old)]
     run(example(mode, family, pairs), props_database_url, coordinator, props_pool, spec_dir)
 
