@@ -50,6 +50,16 @@ def drift_column(conn: Conn, run: Run) -> str | None:
     return None
 
 
+def run_end(chunks: list[dict[str, Any]]) -> str:
+    """The greatest bound of the run's chunks: the one no chunk starts at. Not the last chunk
+    by number: a cut chunk's second half is numbered after every chunk above it."""
+    starts = {c["lo"] for c in chunks}
+    ends = [c["hi"] for c in chunks if c["hi"] not in starts]
+    if len(ends) != 1:
+        raise CheckFailed("the run's chunks do not chain from its first key to its last")
+    return str(ends[0])
+
+
 def drifted_keys(conn: Conn, run: Run, chunks: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(method, keys of rows changed after their chunk ran)."""
     checks = Checks(Statements(run.spec, run.id))
@@ -58,7 +68,7 @@ def drifted_keys(conn: Conn, run: Run, chunks: list[dict[str, Any]]) -> tuple[st
         return "none", []
     column = drift_column(conn, run)
     if column is not None:
-        whole = KeyRange(None, done[-1]["hi"])
+        whole = KeyRange(None, run_end(chunks))
         rows = conn.execute(checks.drift_by_column(column, whole)).fetchall()
         return f"column {column}", [r["k"] for r in rows]
     keys: list[str] = []
@@ -131,7 +141,7 @@ def _verify(
             "rules": empty,
             "drift": {"method": "none", "rows": 0, "keys": []},
         }
-    whole = KeyRange(None, chunks[-1]["hi"])
+    whole = KeyRange(None, run_end(chunks))
     read = sum(int(c["rows_read"] or 0) for c in chunks)
     written = sum(int(c["rows_written"] or 0) for c in chunks)
     quarantined = sum(int(c["rows_quarantined"] or 0) for c in chunks)
@@ -207,9 +217,7 @@ def _checksum(
             read = None
             if run_ctx.transform is not None:
                 read = stage_input(conn, run_ctx, rng)
-            args = ChunkArgs(
-                run_id=run.id, chunk_no=-1, range=rng, rows_read=read
-            )
+            args = ChunkArgs(run_id=run.id, chunk_no=-1, range=rng, rows_read=read)
             counts = conn.execute(st.apply(args)).fetchone()
             after = conn.execute(checks.checksum(keys)).fetchone()
             differ = [r["k"] for r in conn.execute(checks.recomputed_keys())]
