@@ -131,7 +131,7 @@ def _partition(
         for chunk_no in taken:
             late = _wait_log(
                 {p: n for p, n in at_cut.items() if p.name.startswith(f"{host.name}-")},
-                rf"\[run {run_id} chunk {chunk_no}\].*(succeeded|retry|raised|failed)",
+                rf"[\[ ]run {run_id} chunk {chunk_no}\].*(succeeded|retry|raised|failed)",
                 timeout=45,
             )
             assert late is not None, f"no late attempt on chunk {chunk_no}: {hosts.logs()[-3000:]}"
