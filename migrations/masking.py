@@ -88,7 +88,9 @@ def mask_words_of(text: str, values: Iterable[object]) -> str:
     must not show. Words, not whole values, so that part of a value (a surname, one field of an
     address) is caught too; the message's own words, unless a row holds them, remain.
     """
-    words = set(_WORD.findall("\n".join(str(v) for v in values if v is not None)))
+    joined = "\n".join(str(v) for v in values if v is not None)
+    # casefolded: a message that upper-cases a name ("JANE ROE") still shows it
+    words = {w.casefold() for w in _WORD.findall(joined)}
     if not words:
         return text
-    return _WORD.sub(lambda m: MASK if m.group(0) in words else m.group(0), text)
+    return _WORD.sub(lambda m: MASK if m.group(0).casefold() in words else m.group(0), text)

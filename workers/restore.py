@@ -122,7 +122,8 @@ def _restore(
         ),
     )
     row = conn.execute(q("lock_chunk_for_restore"), ids).fetchone()
-    if row is None or row["status"] != "done":
+    if row is None or row["status"] != "done" or not row["requested"]:
+        # Not done, or done but no rollback asked for it (a stray or forged task): untouched.
         conn.rollback()
         return ChunkResult(run_id=run_id, chunk_no=chunk_no, outcome="noop")
     started = time.perf_counter()

@@ -50,4 +50,5 @@ def test_a_users_message_loses_every_word_of_the_rows() -> None:
         "ValueError: cannot normalise ***-***-*** for patient *** *** (***'***-***), ***.***"
     )
     assert mask_words_of("nothing to hide", rows) == "nothing to hide"
+    assert mask_words_of("no JANE or o'brien", rows) == "no *** or ***'***"
     assert mask_words_of("x", []) == "x"

@@ -124,7 +124,7 @@ UPDATE ferry.chunks
                          ELSE %(rows_fixed)s END,
        finished_at = clock_timestamp(), duration_ms = %(duration_ms)s, worker = %(worker)s,
        lease_expires_at = NULL, error = NULL, error_info = NULL, retry_keys = NULL,
-       applied_xid = pg_current_xact_id()
+       applied_xid = pg_current_xact_id(), restore_requested_at = NULL
  WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s
 )
 SELECT chunk_no FROM ferry.release_chunks(%(run_id)s, %(window)s, %(chunk_no)s) AS chunk_no;
@@ -248,7 +248,7 @@ SELECT chunk_no FROM ferry.chunks
  ORDER BY finished_at DESC, chunk_no DESC;
 
 -- name: lock_chunk_for_restore
-SELECT status FROM ferry.chunks
+SELECT status, restore_requested_at IS NOT NULL AS requested FROM ferry.chunks
  WHERE run_id = %(run_id)s AND chunk_no = %(chunk_no)s FOR NO KEY UPDATE;
 
 -- name: mark_rolled_back
@@ -278,7 +278,9 @@ RETURNING chunk_no;
 
 -- name: reset_restore_failures
 -- A rollback started again (after rollback_failed) tries every chunk still to restore afresh.
-UPDATE ferry.chunks SET restore_attempts = 0, restore_error = NULL, restore_failed_at = NULL
+-- It is also the rollback's request: only a chunk marked so is restored (ledger version 17).
+UPDATE ferry.chunks SET restore_attempts = 0, restore_error = NULL, restore_failed_at = NULL,
+       restore_requested_at = clock_timestamp()
  WHERE run_id = %(run_id)s AND status = 'done'
    AND (%(chunk_no)s::integer IS NULL OR chunk_no = %(chunk_no)s::integer);
 
