@@ -169,3 +169,46 @@ def test_a_users_exception_never_shows_a_phi_value(
     said = (proc.stdout + proc.stderr).lower()
     for word in ("jane", "roe", "123456789", "123-45-6789"):
         assert word not in said, proc.stderr
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        pytest.param("'PWNED'", id="other-constant"),
+        pytest.param("(SELECT string_agg(usename, ',') FROM pg_user)", id="catalog-read"),
+        pytest.param("pg_catalog.set_config('application_name', 'PWNED', false)", id="volatile"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="adversary: a run whose ferry.runs.spec was rewritten after launch executes the "
+    "rewritten expression (no spec hash checked by the worker; `ferry audit verify` intact)",
+)
+def test_a_rewritten_stored_spec_is_not_executed(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+    expression: str,
+) -> None:
+    _table(db, "adv_tamper", "id int PRIMARY KEY, v int, out text",
+           "SELECT g, g, NULL FROM generate_series(1, 30) g")
+    spec = spec_file(tmp_path, """
+        b = Backfill(table="adv_tamper", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text"}, chunk_size=10)
+    """)
+    run_id = launch(own_env, f"{spec}:b")  # no worker yet: every chunk waits on the queue
+    db.execute(
+        "UPDATE ferry.runs SET spec = jsonb_set(spec, '{sql,out}', to_jsonb(%s::text)) "
+        "WHERE id = %s",
+        (expression, run_id),
+    )
+    pool.start("w1")
+    wait_run(db, run_id, timeout=60)
+    wrong = db.execute(
+        "SELECT count(*) FROM adv_tamper WHERE out IS DISTINCT FROM v::text AND out IS NOT NULL"
+    ).fetchone()
+    assert wrong is not None and wrong[0] == 0
