@@ -362,6 +362,7 @@ def _prepare(
                 run_id=run_id,
                 params={
                     "backfill": reference,
+                    "spec_sha256": ctx.ledger.spec_digest(conn, run_id),
                     "chunks": chunks,
                     **({} if walked else {"more_chunks_follow": True}),
                     **params,

@@ -14,7 +14,7 @@ import psycopg
 from migrations.classification import phi_columns
 from migrations.errors import BadInput
 from migrations.identifiers import QualifiedName
-from migrations.spec import Backfill
+from migrations.spec import Backfill, sql_texts
 from workers.catalog import (
     KEY_TYPES,
     TableInfo,
@@ -51,7 +51,7 @@ def resolve(
     if where:
         _guard(conn, lambda: check_where(conn, qualified, where), "--where filter")
     allowed = backfill.allow_functions
-    for what, text in _expressions(backfill, where):
+    for what, text in sql_texts(where, backfill.sql, backfill.rules):
         _guard(conn, partial(check_functions, conn, text, what, allowed), what)
     _check_null_keys(conn, info, backfill.key, where)
     if backfill.sql is not None:
@@ -108,18 +108,6 @@ def resolve(
         where=where,
         extra=extra,
     )
-
-
-def _expressions(backfill: Backfill, where: str | None) -> list[tuple[str, str]]:
-    """Every piece of SQL text the run will execute on the user's rows, named for errors."""
-    texts = [("--where filter", where)] if where else []
-    texts += [(f"sql expression for {c}", e) for c, e in (backfill.sql or {}).items()]
-    for rule in backfill.rules:
-        if rule.type == "custom" and not rule.is_python:
-            texts.append((f"custom rule on {rule.field!r}", rule.condition))
-        if rule.fix:
-            texts.append((f"fix of the rule on {rule.field!r}", rule.fix))
-    return texts
 
 
 def _check_columns(info: TableInfo, backfill: Backfill) -> None:

@@ -10,7 +10,8 @@ privileges. The grants, and why:
   log. It may write but not read raw quarantined values (the pre-flight quarantines).
 - ``ferry_worker``: Celery workers. The DML a chunk needs (claim and finish chunks,
   end runs, quarantine rows, raise alerts, write pre-images), no DELETE but on its own
-  quarantine rows when re-running them, INSERT only on the audit log, and INSERT (never
+  quarantine rows when re-running them, SELECT and INSERT only on the audit log (it checks
+  the spec digest each launch records), and INSERT (never
   SELECT) on raw quarantined values. Write access to the migrated table's target columns
   is per table: ``GRANT SELECT, UPDATE (col, ...) ON app.table TO ferry_worker``.
 - ``ferry_monitor``: dashboards and ``ferry status``/``ferry audit``. SELECT on the
@@ -63,7 +64,7 @@ _WORKER_TABLES: dict[str, tuple[str, ...]] = {
     "alerts": ("SELECT", "INSERT"),
     "rollback_conflicts": ("SELECT", "INSERT"),
     "verifications": ("SELECT",),
-    "audit_log": ("INSERT",),
+    "audit_log": ("SELECT", "INSERT"),  # SELECT: the spec digest its launch recorded
 }
 
 

@@ -284,3 +284,18 @@ def _filled(cell: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def sql_texts(
+    where: str | None, sql: Mapping[str, str] | None, rules: Sequence[ValidationRule]
+) -> list[tuple[str, str]]:
+    """Every piece of SQL text a run executes on the user's rows, named for error messages:
+    what plan/launch check against the catalog and a worker parses again as it loads a run."""
+    texts = [("--where filter", where)] if where else []
+    texts += [(f"sql expression for {c}", e) for c, e in (sql or {}).items()]
+    for rule in rules:
+        if rule.type == "custom" and not rule.is_python:
+            texts.append((f"custom rule on {rule.field!r}", rule.condition))
+        if rule.fix:
+            texts.append((f"fix of the rule on {rule.field!r}", rule.fix))
+    return texts

@@ -74,6 +74,7 @@ class ChunkExecutor:
     def context(self, run_id: int) -> RunContext:
         ctx = self._contexts.get(run_id)
         if ctx is None:
+            self.ledger.check_spec(run_id)  # once per process and run: the context is kept
             ctx = RunContext.build(run_id, self.ledger.get_run(run_id).spec)
             self._contexts[run_id] = ctx
             while len(self._contexts) > 16:

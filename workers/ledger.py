@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from migrations.errors import CheckFailed, ChunkError, NotFound, RuleFailure
+from migrations.errors import CheckFailed, ChunkError, NotFound, PermanentChunkError, RuleFailure
 from migrations.masking import MASK
 from workers import identity
 from workers.db import Database
@@ -196,6 +196,24 @@ class Ledger:
         if row is None:
             raise NotFound(f"no run {run_id}")
         return Run.from_row(row)
+
+    def spec_digest(self, conn: Conn, run_id: int) -> str:
+        row = conn.execute(q("spec_digest"), {"run_id": run_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        return str(row["stored"])
+
+    def check_spec(self, run_id: int) -> None:
+        """Refuse a run whose stored spec is not the one its launch recorded: what runs is
+        what was planned. Runs launched before the digest was recorded are not checked."""
+        with self.db.transaction() as conn:
+            row = conn.execute(q("spec_digest"), {"run_id": run_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        if row["launched"] is not None and row["launched"] != row["stored"]:
+            raise PermanentChunkError(
+                f"run {run_id}'s stored spec was changed after launch: refusing to run it"
+            )
 
     def set_run_status(self, conn: Conn, run_id: int, status: str, from_: Sequence[str]) -> bool:
         row = conn.execute(

@@ -16,12 +16,13 @@ import pandas as pd
 import psycopg
 
 from migrations.errors import FerryError, PermanentChunkError
+from migrations.identifiers import check_expression
 from migrations.loading import load_backfill
 from migrations.masking import mask_words_of
 from migrations.named import Step, steps_of
 from migrations.named import build as build_named
 from migrations.named import identity as named_identity
-from migrations.spec import Transform, transform_identity
+from migrations.spec import Transform, sql_texts, transform_identity
 from workers.copyio import read_copy, write_copy
 from workers.copyout import copy_out
 from workers.failures import classify
@@ -56,6 +57,7 @@ class RunContext:
 
     @classmethod
     def build(cls, run_id: int, spec: RunSpec) -> RunContext:
+        _recheck(spec)
         statements = Statements(spec, run_id)
         if spec.mode != "pandas":
             return cls(run_id, spec, statements, None)
@@ -75,6 +77,16 @@ class RunContext:
         if [i for i, _ in checks] != [i for i, r in enumerate(spec.rules) if r.is_python]:
             raise PermanentChunkError("the backfill's Python rules changed since the run started")
         return cls(run_id, spec, statements, transform, checks)
+
+
+def _recheck(spec: RunSpec) -> None:
+    """The stored spec's SQL text is parsed again as it is loaded, not trusted: each piece must
+    still be one expression (no stacked statement, no comment), as at launch."""
+    try:
+        for what, text in sql_texts(spec.where, spec.sql, spec.rules):
+            check_expression(text, what, side_effects_ok=True)
+    except FerryError as exc:
+        raise PermanentChunkError(f"the run's stored spec is refused: {exc}") from None
 
 
 def checked_named(spec: RunSpec, steps: tuple[Step, ...]) -> Transform:

@@ -66,6 +66,18 @@ def _step_aside(task: Any, run_id: int, chunk_no: int, why: str) -> dict[str, An
     return {"run": run_id, "chunk": chunk_no, "outcome": "unreachable"}
 
 
+def _failed(
+    rt: Runtime, run_id: int, chunk_no: int, exc: PermanentChunkError
+) -> dict[str, Any]:
+    """A chunk that failed for good: recorded, reported, and the run ended if it was the last."""
+    chunk_outcome(run_id, "failed")
+    _fail(rt, run_id, chunk_no, exc)
+    rt.progress.error(run_id, chunk_no, "failed", str(exc))
+    log.warning("chunk %s/%s failed: %s", run_id, chunk_no, exc)
+    rt.ledger.finalize_run(run_id)
+    return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
+
+
 def _fail(rt: Runtime, run_id: int, chunk_no: int, exc: PermanentChunkError) -> None:
     """Fail the chunk; like a done one, it releases the run's next chunk to the broker."""
     run = rt.ledger.get_run(run_id)
@@ -164,7 +176,10 @@ def _forward(task: Any, rt: Runtime, ledger: str, run_id: int, chunk_no: int) ->
 
 
 def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]:
-    spec = rt.executor.context(run_id).spec
+    try:
+        spec = rt.executor.context(run_id).spec
+    except PermanentChunkError as exc:  # the stored spec refused, the transform changed...
+        return _failed(rt, run_id, chunk_no, exc)
     holder = f"{rt.worker}:{chunk_no}"
     decision = rt.gate.check(
         run_id,
@@ -198,12 +213,7 @@ def _chunk(self: Any, rt: Runtime, run_id: int, chunk_no: int) -> dict[str, Any]
         chunk_outcome(run_id, "retried")
         raise _transient(self, rt, run_id, chunk_no, exc, release=True) from None
     except PermanentChunkError as exc:
-        chunk_outcome(run_id, "failed")
-        _fail(rt, run_id, chunk_no, exc)
-        rt.progress.error(run_id, chunk_no, "failed", str(exc))
-        log.warning("chunk %s/%s failed: %s", run_id, chunk_no, exc)
-        rt.ledger.finalize_run(run_id)
-        return {"run": run_id, "chunk": chunk_no, "outcome": "failed"}
+        return _failed(rt, run_id, chunk_no, exc)
     finally:
         rt.gate.done(run_id, holder, time.monotonic() - started)
     chunk_outcome(run_id, result.outcome)

@@ -29,7 +29,13 @@ def _table(db: psycopg.Connection[Any], name: str, ddl: str, rows: str) -> None:
 
 
 def _send(
-    database_url: str, redis_url: str, queue: str, name: str, run_id: int, chunk_no: int, ledger: str
+    database_url: str,
+    redis_url: str,
+    queue: str,
+    name: str,
+    run_id: int,
+    chunk_no: int,
+    ledger: str,
 ) -> None:
     """A task put on the queue by hand (anyone who can write to the broker can do this)."""
     from workers.celery_app import make_app
@@ -52,11 +58,6 @@ def _one_line_exit_2(proc: Any) -> None:
 # --------------------------------------------------------------------------- forged tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a ferry.rollback_chunk task for a COMPLETED run restores the chunk's "
-    "pre-images (no rollback command, no audit record); the run still says completed",
-)
 def test_a_stray_rollback_task_does_not_undo_a_completed_run(
     pool: WorkerPool,
     own_env: dict[str, str],
@@ -66,17 +67,31 @@ def test_a_stray_rollback_task_does_not_undo_a_completed_run(
     tmp_path: Path,
 ) -> None:
     pool.start("w1")
-    _table(db, "adv_stray", "id int PRIMARY KEY, v int, out text",
-           "SELECT g, g, NULL FROM generate_series(1, 30) g")
-    spec = spec_file(tmp_path, """
+    _table(
+        db,
+        "adv_stray",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 30) g",
+    )
+    spec = spec_file(
+        tmp_path,
+        """
         b = Backfill(table="adv_stray", key="id", reads=["v"], writes=["out"],
                      sql={"out": "v::text"}, chunk_size=10)
-    """)
+    """,
+    )
     run_id = launch(own_env, f"{spec}:b")
     assert wait_run(db, run_id) == "completed"
     after_run = fingerprint(db, "adv_stray")
-    _send(database_url, redis_url, own_env["FERRY_QUEUE"], "ferry.rollback_chunk", run_id, 0,
-          ledger_id(db))
+    _send(
+        database_url,
+        redis_url,
+        own_env["FERRY_QUEUE"],
+        "ferry.rollback_chunk",
+        run_id,
+        0,
+        ledger_id(db),
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "rollback_chunk" not in pool.logs():
         time.sleep(0.2)
@@ -98,20 +113,28 @@ def test_a_stray_chunk_task_does_not_reapply_a_rolled_back_run(
     tmp_path: Path,
 ) -> None:
     pool.start("w1")
-    _table(db, "adv_stray2", "id int PRIMARY KEY, v int, out text",
-           "SELECT g, g, NULL FROM generate_series(1, 30) g")
+    _table(
+        db,
+        "adv_stray2",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 30) g",
+    )
     before = fingerprint(db, "adv_stray2")
-    spec = spec_file(tmp_path, """
+    spec = spec_file(
+        tmp_path,
+        """
         b = Backfill(table="adv_stray2", key="id", reads=["v"], writes=["out"],
                      sql={"out": "v::text"}, chunk_size=10)
-    """)
+    """,
+    )
     run_id = launch(own_env, f"{spec}:b")
     assert wait_run(db, run_id) == "completed"
     assert ferry("rollback", str(run_id), "--wait", env=own_env, timeout=60).returncode == 0
     assert fingerprint(db, "adv_stray2") == before
     for n in range(3):
-        _send(database_url, redis_url, own_env["FERRY_QUEUE"], "ferry.chunk", run_id, n,
-              ledger_id(db))
+        _send(
+            database_url, redis_url, own_env["FERRY_QUEUE"], "ferry.chunk", run_id, n, ledger_id(db)
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and pool.logs().count("'reason': 'run rolled_back'") < 3:
         time.sleep(0.2)
@@ -134,25 +157,15 @@ b = Backfill(table="adv_phi", key="id", reads=["name", "ssn"], writes=["out"],
 @pytest.mark.parametrize(
     "message",
     [
-        pytest.param('f"cannot handle {r[\'name\']}"', id="as-is"),
-        pytest.param('f"ssn {r[\'ssn\'].replace(\'-\', \'\')}"', id="ssn-digits"),
+        pytest.param("f\"cannot handle {r['name']}\"", id="as-is"),
+        pytest.param("f\"ssn {r['ssn'].replace('-', '')}\"", id="ssn-digits"),
         pytest.param(
-            'f"cannot handle {r[\'name\'].upper()}"',
+            "f\"cannot handle {r['name'].upper()}\"",
             id="upper",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="adversary: a user exception's message with a PHI value in another case "
-                "(name.upper()) reaches stderr unmasked",
-            ),
         ),
         pytest.param(
-            'f"surname={r[\'name\'].split()[1].lower()}"',
+            "f\"surname={r['name'].split()[1].lower()}\"",
             id="lower-word",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="adversary: one word of a PHI value lower-cased (surname=roe) reaches "
-                "stderr unmasked",
-            ),
         ),
     ],
 )
@@ -160,8 +173,12 @@ b = Backfill(table="adv_phi", key="id", reads=["name", "ssn"], writes=["out"],
 def test_a_users_exception_never_shows_a_phi_value(
     env: dict[str, str], db: psycopg.Connection[Any], tmp_path: Path, message: str
 ) -> None:
-    _table(db, "adv_phi", "id int PRIMARY KEY, name text, ssn text, out text",
-           "VALUES (1, 'Jane Roe', '123-45-6789', NULL)")
+    _table(
+        db,
+        "adv_phi",
+        "id int PRIMARY KEY, name text, ssn text, out text",
+        "VALUES (1, 'Jane Roe', '123-45-6789', NULL)",
+    )
     spec = spec_file(tmp_path, PHI_SPEC.format(name="boom", message=message))
     proc = ferry("plan", f"{spec}:b", env=env)
     assert proc.returncode != 0
@@ -182,11 +199,6 @@ def test_a_users_exception_never_shows_a_phi_value(
         pytest.param("pg_catalog.set_config('application_name', 'PWNED', false)", id="volatile"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a run whose ferry.runs.spec was rewritten after launch executes the "
-    "rewritten expression (no spec hash checked by the worker; `ferry audit verify` intact)",
-)
 def test_a_rewritten_stored_spec_is_not_executed(
     pool: WorkerPool,
     own_env: dict[str, str],
@@ -194,12 +206,19 @@ def test_a_rewritten_stored_spec_is_not_executed(
     tmp_path: Path,
     expression: str,
 ) -> None:
-    _table(db, "adv_tamper", "id int PRIMARY KEY, v int, out text",
-           "SELECT g, g, NULL FROM generate_series(1, 30) g")
-    spec = spec_file(tmp_path, """
+    _table(
+        db,
+        "adv_tamper",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 30) g",
+    )
+    spec = spec_file(
+        tmp_path,
+        """
         b = Backfill(table="adv_tamper", key="id", reads=["v"], writes=["out"],
                      sql={"out": "v::text"}, chunk_size=10)
-    """)
+    """,
+    )
     run_id = launch(own_env, f"{spec}:b")  # no worker yet: every chunk waits on the queue
     db.execute(
         "UPDATE ferry.runs SET spec = jsonb_set(spec, '{sql,out}', to_jsonb(%s::text)) "
@@ -207,7 +226,12 @@ def test_a_rewritten_stored_spec_is_not_executed(
         (expression, run_id),
     )
     pool.start("w1")
-    wait_run(db, run_id, timeout=60)
+    assert wait_run(db, run_id, timeout=60) == "failed"
+    errors = db.execute(
+        "SELECT DISTINCT error FROM ferry.chunks WHERE run_id = %s AND error IS NOT NULL",
+        (run_id,),
+    ).fetchall()
+    assert errors and all("changed after launch" in e[0] for e in errors), errors
     wrong = db.execute(
         "SELECT count(*) FROM adv_tamper WHERE out IS DISTINCT FROM v::text AND out IS NOT NULL"
     ).fetchone()

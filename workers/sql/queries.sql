@@ -340,6 +340,14 @@ SELECT value FROM ferry.meta WHERE key = %(key)s;
 SELECT ferry.mask(v) AS masked FROM unnest(%(values)s::text[]) WITH ORDINALITY AS u(v, n)
  ORDER BY n;
 
+-- name: spec_digest
+-- The stored spec's digest (jsonb's text is canonical), and the one its launch recorded in the
+-- append-only, hash-chained audit log: a spec rewritten since launch no longer matches.
+SELECT encode(sha256(convert_to(r.spec::text, 'UTF8')), 'hex') AS stored,
+       (SELECT a.params->>'spec_sha256' FROM ferry.audit_log a
+         WHERE a.run_id = r.id AND a.action = 'launch' ORDER BY a.id LIMIT 1) AS launched
+  FROM ferry.runs r WHERE r.id = %(run_id)s;
+
 -- name: put_meta
 INSERT INTO ferry.meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO NOTHING;
 
