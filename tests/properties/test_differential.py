@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from coordinator import commands
 from tests.conftest import WorkerPool
 from tests.properties.conftest import broken_now, examples_budget, excluded, only_families
-from tests.properties.harness import Discrepancy, run_example
+from tests.properties.harness import run_example
+from tests.properties.oracle import Discrepancy
 from tests.properties.strategies import Example, examples
 
 pytestmark = [pytest.mark.properties, pytest.mark.timeout(0)]
