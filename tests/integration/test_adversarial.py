@@ -212,3 +212,90 @@ def test_a_rewritten_stored_spec_is_not_executed(
         "SELECT count(*) FROM adv_tamper WHERE out IS DISTINCT FROM v::text AND out IS NOT NULL"
     ).fetchone()
     assert wrong is not None and wrong[0] == 0
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adversary: a worker SIGKILLed while a chunk's restore waits on a row lock (its "
+    "rollback task retrying in worker memory) leaves the run rolling_back for good: a new "
+    "worker never gets the chunk again (no lease sweep of restores; 240 s seen)",
+)
+def test_a_worker_killed_mid_restore_leaves_a_rollback_that_still_finishes(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The restore of a chunk waits on a row the application holds; its worker is SIGKILLed
+    there. A new worker must finish the rollback and give every byte back."""
+    _table(db, "adv_crash", "id int PRIMARY KEY, v int, out text",
+           "SELECT g, g, CASE WHEN g % 7 = 0 THEN NULL ELSE E'\\\\x' || g END "
+           "FROM generate_series(1, 100) g")
+    before = fingerprint(db, "adv_crash")
+    spec = spec_file(tmp_path, """
+        b = Backfill(table="adv_crash", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text || 'ü'"}, chunk_size=50)
+    """)
+    pool.start("w1")
+    run_id = launch(own_env, f"{spec}:b")
+    assert wait_run(db, run_id) == "completed"
+    with psycopg.connect(database_url) as app:  # the application holds row 25 in a transaction
+        app.execute("SELECT * FROM adv_crash WHERE id = 25 FOR UPDATE")
+        assert ferry("rollback", str(run_id), env=own_env).returncode in (0, 1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query ILIKE '%%adv_crash%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.05)
+        pool.kill("w1")
+    pool.start("w2")
+    try:
+        status = wait_run(db, run_id, timeout=60, until=("rolled_back", "rollback_failed"))
+    except AssertionError:
+        chunks = db.execute(
+            "SELECT chunk_no, status, attempts, error FROM ferry.chunks WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
+        run = db.execute("SELECT status FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+        raise AssertionError(f"rollback never ended: {run} {chunks}\n{pool.logs()[-3000:]}")
+    assert status == "rolled_back"
+    assert fingerprint(db, "adv_crash") == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adversary: `ferry launch` with an unreachable broker exits 1 'broker unavailable' "
+    "without naming the run it recorded, and that run then runs to completion by itself (the "
+    "workers' stall sweep sends its chunks): a failed launch changes every row",
+)
+def test_a_launch_that_failed_on_its_broker_writes_nothing(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    _table(db, "adv_broker", "id int PRIMARY KEY, v int, out text",
+           "SELECT g, g, NULL FROM generate_series(1, 30) g")
+    before = fingerprint(db, "adv_broker")
+    spec = spec_file(tmp_path, """
+        b = Backfill(table="adv_broker", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text"}, chunk_size=10)
+    """)
+    pool.start("w1")  # the workers reach the right Redis; this one coordinator does not
+    proc = ferry("launch", f"{spec}:b", "--db-load", "0",
+                 env={**own_env, "FERRY_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert proc.returncode != 0, proc.stdout
+    time.sleep(3 * float(own_env["FERRY_STALL_SECONDS"]) + 5)
+    run_ids = [r[0] for r in db.execute(
+        "SELECT id FROM ferry.runs WHERE spec->>'table' = 'adv_broker'").fetchall()]
+    # A failed launch either leaves nothing behind, or says which run it left to resume.
+    named = any(str(r) in proc.stderr for r in run_ids)
+    assert named or fingerprint(db, "adv_broker") == before, (run_ids, proc.stderr)
