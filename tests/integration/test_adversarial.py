@@ -364,3 +364,76 @@ def test_a_launch_that_failed_on_its_broker_writes_nothing(
     while time.monotonic() < deadline and fingerprint(db, "adv_broker") == before:
         time.sleep(0.5)
     assert fingerprint(db, "adv_broker") == before, (runs, proc.stderr)
+
+
+# --------------------------------------------------------------------------- guards that held
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "id > 0 --",
+        "id > 0) OR (true",
+        "true /*",
+        "1=1; select 1",
+        "id > 0 \\\\",
+        "pg_catalog.pg_sleep(0) is not null",
+        "table_to_xml('ferry.meta', true, false, '')::text like '%'",
+        "txid_current() > 0",
+        "(select true from pg_catalog.set_config('lock_timeout', '0', false))",
+    ],
+)
+@pytest.mark.usefixtures("ledger_ready")
+def test_a_hostile_where_is_refused_in_one_line(
+    env: dict[str, str], db: psycopg.Connection[Any], tmp_path: Path, where: str
+) -> None:
+    _table(
+        db,
+        "adv_where",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 5) g",
+    )
+    before = fingerprint(db, "adv_where")
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_where", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text"}, chunk_size=10)
+    """,
+    )
+    _one_line_exit_2(ferry("launch", f"{spec}:b", "--where", where, env=env))
+    assert fingerprint(db, "adv_where") == before
+
+
+def test_rollback_keeps_equal_but_differently_written_application_values(
+    pool: WorkerPool, own_env: dict[str, str], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """numeric 1.500 equals 1.5 and float -0 equals 0, yet the application wrote them: the
+    rollback must leave them and report them."""
+    _table(
+        db,
+        "adv_eq",
+        "id int PRIMARY KEY, n numeric, f float8",
+        "SELECT g, g, g FROM generate_series(1, 4) g",
+    )
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_eq", key="id", reads=["n", "f"], writes=["n", "f"],
+                     sql={"n": "n + 0.5", "f": "f * 0"}, chunk_size=10)
+    """,
+    )
+    pool.start("w1")
+    run_id = launch(own_env, f"{spec}:b")
+    assert wait_run(db, run_id) == "completed"
+    db.execute("UPDATE adv_eq SET n = n::numeric(10, 3) WHERE id = 1")
+    db.execute("UPDATE adv_eq SET f = '-0' WHERE id = 2")
+    proc = ferry("rollback", str(run_id), "--wait", env=own_env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    rows = db.execute("SELECT id, n::text, f::text FROM adv_eq ORDER BY id").fetchall()
+    assert rows == [(1, "1.500", "0"), (2, "2.5", "-0"), (3, "3", "3"), (4, "4", "4")]
+    kept = db.execute(
+        "SELECT row_key, columns FROM ferry.rollback_conflicts WHERE run_id = %s ORDER BY 1",
+        (run_id,),
+    ).fetchall()
+    assert kept == [("1", ["n"]), ("2", ["f"])]
