@@ -437,3 +437,34 @@ def test_rollback_keeps_equal_but_differently_written_application_values(
         (run_id,),
     ).fetchall()
     assert kept == [("1", ["n"]), ("2", ["f"])]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("postgresql://u@h:notaport/db", id="port-not-a-number"),
+        pytest.param("postgresql://[::1", id="ipv6-unclosed"),
+        pytest.param(
+            "postgresql://postgres@127.0.0.1:99999/db",
+            id="port-out-of-range",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="adversary: a URL whose port is out of range (99999) is reported as "
+                "'database unavailable' with exit 1, not as bad input (exit 2)",
+            ),
+        ),
+        pytest.param(
+            "postgresql://postgres@127.0.0.1:5432/db?sslmode=bogus",
+            id="bad-sslmode",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="adversary: an invalid sslmode exits 1 ('database unavailable') and the "
+                "option's value is masked as *** (not PHI): the user cannot tell what is wrong",
+            ),
+        ),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_exit_2(env: dict[str, str], url: str) -> None:
+    proc = ferry("--database-url", url, "status", "1", env=env, timeout=60)
+    _one_line_exit_2(proc)
+    assert "***" not in proc.stderr, proc.stderr
