@@ -8,6 +8,7 @@ product is fixed and then says so (an unexpected pass fails the run).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,219 @@ def test_a_rewritten_stored_spec_is_not_executed(
         "SELECT count(*) FROM adv_tamper WHERE out IS DISTINCT FROM v::text AND out IS NOT NULL"
     ).fetchone()
     assert wrong is not None and wrong[0] == 0
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adversary: a worker SIGKILLed while a chunk's restore waits on a row lock (its "
+    "rollback task retrying in worker memory) leaves the run rolling_back for good: a new "
+    "worker never gets the chunk again (no lease sweep of restores; 240 s seen)",
+)
+def test_a_worker_killed_mid_restore_leaves_a_rollback_that_still_finishes(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The restore of a chunk waits on a row the application holds; its worker is SIGKILLed
+    there. A new worker must finish the rollback and give every byte back."""
+    _table(
+        db,
+        "adv_crash",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, CASE WHEN g % 7 = 0 THEN NULL ELSE E'\\\\x' || g END "
+        "FROM generate_series(1, 100) g",
+    )
+    before = fingerprint(db, "adv_crash")
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_crash", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text || 'ü'"}, chunk_size=50)
+    """,
+    )
+    pool.start("w1")
+    run_id = launch(own_env, f"{spec}:b")
+    assert wait_run(db, run_id) == "completed"
+    with psycopg.connect(database_url) as app:  # the application holds row 25 in a transaction
+        app.execute("SELECT * FROM adv_crash WHERE id = 25 FOR UPDATE")
+        assert ferry("rollback", str(run_id), env=own_env).returncode in (0, 1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            waiting = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query ILIKE '%%adv_crash%%'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.05)
+        pool.kill("w1")
+    pool.start("w2")
+    try:
+        status = wait_run(db, run_id, timeout=60, until=("rolled_back", "rollback_failed"))
+    except AssertionError:
+        chunks = db.execute(
+            "SELECT chunk_no, status, attempts, error FROM ferry.chunks WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
+        run = db.execute("SELECT status FROM ferry.runs WHERE id = %s", (run_id,)).fetchone()
+        raise AssertionError(
+            f"rollback never ended: {run} {chunks}\n{pool.logs()[-3000:]}"
+        ) from None
+    assert status == "rolled_back"
+    assert fingerprint(db, "adv_crash") == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adversary: `ferry launch` with an unreachable broker exits 1 'broker unavailable' "
+    "without naming the run it recorded, and that run then runs to completion by itself (the "
+    "workers' stall sweep sends its chunks): a failed launch changes every row",
+)
+def test_a_launch_that_failed_on_its_broker_writes_nothing(
+    pool: WorkerPool,
+    own_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    _table(
+        db,
+        "adv_broker",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 30) g",
+    )
+    before = fingerprint(db, "adv_broker")
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_broker", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text"}, chunk_size=10)
+    """,
+    )
+    pool.start("w1")  # the workers reach the right Redis; this one coordinator does not
+    proc = ferry(
+        "launch",
+        f"{spec}:b",
+        "--db-load",
+        "0",
+        env={**own_env, "FERRY_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert proc.returncode != 0, proc.stdout
+    runs = db.execute(
+        "SELECT id, status, started_at FROM ferry.runs WHERE spec->>'table' = 'adv_broker'"
+    ).fetchall()
+    # A failed launch either leaves nothing behind, or says which run it left to resume.
+    if any(re.search(rf"\brun {r[0]}\b", proc.stderr) for r in runs):
+        return
+    deadline = time.monotonic() + 60  # ten stall intervals of the workers' sweep
+    while time.monotonic() < deadline and fingerprint(db, "adv_broker") == before:
+        time.sleep(0.5)
+    assert fingerprint(db, "adv_broker") == before, (runs, proc.stderr)
+
+
+# --------------------------------------------------------------------------- guards that held
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "id > 0 --",
+        "id > 0) OR (true",
+        "true /*",
+        "1=1; select 1",
+        "id > 0 \\\\",
+        "pg_catalog.pg_sleep(0) is not null",
+        "table_to_xml('ferry.meta', true, false, '')::text like '%'",
+        "txid_current() > 0",
+        "(select true from pg_catalog.set_config('lock_timeout', '0', false))",
+    ],
+)
+@pytest.mark.usefixtures("ledger_ready")
+def test_a_hostile_where_is_refused_in_one_line(
+    env: dict[str, str], db: psycopg.Connection[Any], tmp_path: Path, where: str
+) -> None:
+    _table(
+        db,
+        "adv_where",
+        "id int PRIMARY KEY, v int, out text",
+        "SELECT g, g, NULL FROM generate_series(1, 5) g",
+    )
+    before = fingerprint(db, "adv_where")
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_where", key="id", reads=["v"], writes=["out"],
+                     sql={"out": "v::text"}, chunk_size=10)
+    """,
+    )
+    _one_line_exit_2(ferry("launch", f"{spec}:b", "--where", where, env=env))
+    assert fingerprint(db, "adv_where") == before
+
+
+def test_rollback_keeps_equal_but_differently_written_application_values(
+    pool: WorkerPool, own_env: dict[str, str], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """numeric 1.500 equals 1.5 and float -0 equals 0, yet the application wrote them: the
+    rollback must leave them and report them."""
+    _table(
+        db,
+        "adv_eq",
+        "id int PRIMARY KEY, n numeric, f float8",
+        "SELECT g, g, g FROM generate_series(1, 4) g",
+    )
+    spec = spec_file(
+        tmp_path,
+        """
+        b = Backfill(table="adv_eq", key="id", reads=["n", "f"], writes=["n", "f"],
+                     sql={"n": "n + 0.5", "f": "f * 0"}, chunk_size=10)
+    """,
+    )
+    pool.start("w1")
+    run_id = launch(own_env, f"{spec}:b")
+    assert wait_run(db, run_id) == "completed"
+    db.execute("UPDATE adv_eq SET n = n::numeric(10, 3) WHERE id = 1")
+    db.execute("UPDATE adv_eq SET f = '-0' WHERE id = 2")
+    proc = ferry("rollback", str(run_id), "--wait", env=own_env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    rows = db.execute("SELECT id, n::text, f::text FROM adv_eq ORDER BY id").fetchall()
+    assert rows == [(1, "1.500", "0"), (2, "2.5", "-0"), (3, "3", "3"), (4, "4", "4")]
+    kept = db.execute(
+        "SELECT row_key, columns FROM ferry.rollback_conflicts WHERE run_id = %s ORDER BY 1",
+        (run_id,),
+    ).fetchall()
+    assert kept == [("1", ["n"]), ("2", ["f"])]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("postgresql://u@h:notaport/db", id="port-not-a-number"),
+        pytest.param("postgresql://[::1", id="ipv6-unclosed"),
+        pytest.param(
+            "postgresql://postgres@127.0.0.1:99999/db",
+            id="port-out-of-range",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="adversary: a URL whose port is out of range (99999) is reported as "
+                "'database unavailable' with exit 1, not as bad input (exit 2)",
+            ),
+        ),
+        pytest.param(
+            "postgresql://postgres@127.0.0.1:5432/db?sslmode=bogus",
+            id="bad-sslmode",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="adversary: an invalid sslmode exits 1 ('database unavailable') and the "
+                "option's value is masked as *** (not PHI): the user cannot tell what is wrong",
+            ),
+        ),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_exit_2(env: dict[str, str], url: str) -> None:
+    proc = ferry("--database-url", url, "status", "1", env=env, timeout=60)
+    _one_line_exit_2(proc)
+    assert "***" not in proc.stderr, proc.stderr
