@@ -199,6 +199,7 @@ def launch(
     The ``ferry.launch`` span around planning and dispatch is the root of the run's trace.
     """
     with launch_span() as span:
+        ctx.dispatcher.reachable()
         prepared = _prepare(
             ctx,
             reference,

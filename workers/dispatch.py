@@ -35,6 +35,12 @@ class Dispatcher:
         self.queue = queue
         self.ledger = check(ledger)
 
+    def reachable(self) -> None:
+        """Connect to the broker now (raises its error): a launch asks before it records a run,
+        so a broker it cannot reach leaves nothing behind for the workers' stall sweep to run."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+
     def send_chunks(
         self, run_id: int, chunk_nos: Iterable[int], *, queue: str | None = None
     ) -> int:

@@ -23,6 +23,7 @@ from workers.failures import Breaker
 from workers.identity import default_queue
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SYNCHRONOUS_COMMIT = ("off", "local", "remote_write", "on", "remote_apply")
 
 
@@ -180,6 +181,13 @@ class Settings:
             ) from None
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise BadInput("FERRY_DATABASE_URL must be a postgresql:// URL")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise BadInput(f"FERRY_DATABASE_URL's port {url.port} is out of range (1 to 65535)")
+        sslmode = url.query.get("sslmode")
+        if sslmode is not None and sslmode not in SSLMODES:
+            raise BadInput(
+                f"FERRY_DATABASE_URL's sslmode must be one of {', '.join(SSLMODES)}, not {sslmode}"
+            )
         return url.set(drivername="postgresql+psycopg")
 
 

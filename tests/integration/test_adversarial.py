@@ -304,12 +304,6 @@ def test_a_worker_killed_mid_restore_leaves_a_rollback_that_still_finishes(
     assert fingerprint(db, "adv_crash") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: `ferry launch` with an unreachable broker exits 1 'broker unavailable' "
-    "without naming the run it recorded, and that run then runs to completion by itself (the "
-    "workers' stall sweep sends its chunks): a failed launch changes every row",
-)
 def test_a_launch_that_failed_on_its_broker_writes_nothing(
     pool: WorkerPool,
     own_env: dict[str, str],
@@ -432,20 +426,10 @@ def test_rollback_keeps_equal_but_differently_written_application_values(
         pytest.param(
             "postgresql://postgres@127.0.0.1:99999/db",
             id="port-out-of-range",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="adversary: a URL whose port is out of range (99999) is reported as "
-                "'database unavailable' with exit 1, not as bad input (exit 2)",
-            ),
         ),
         pytest.param(
             "postgresql://postgres@127.0.0.1:5432/db?sslmode=bogus",
             id="bad-sslmode",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="adversary: an invalid sslmode exits 1 ('database unavailable') and the "
-                "option's value is masked as *** (not PHI): the user cannot tell what is wrong",
-            ),
         ),
     ],
 )
