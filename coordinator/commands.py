@@ -435,9 +435,7 @@ def _preflight(
                 from workers.staging import RunContext, stage_input  # pandas: this path only
 
                 read = stage_input(conn, RunContext.build(run_id, spec), sample)
-            args = ChunkArgs(
-                run_id=run_id, chunk_no=-1, range=sample, rows_read=read
-            )
+            args = ChunkArgs(run_id=run_id, chunk_no=-1, range=sample, rows_read=read)
             counts = conn.execute(statements.apply(args)).fetchone()
     except psycopg.Error as exc:
         raise CheckFailed(f"{what}: {describe(exc)}") from None
@@ -632,23 +630,9 @@ def chunk_status(ctx: Context, run_id: int, chunk_no: int) -> str:
 
 
 def rollback_result(ctx: Context, run_id: int, chunk_no: int | None = None) -> dict[str, Any]:
-    """What a rollback did, from the ledger: chunks and rows restored, rows left to the
-    application (changed: ``kept``; deleted: ``gone``), rows ``overwritten`` (--force),
-    chunks whose restore failed and the first of their (masked) errors."""
+    """What a rollback did, from the ledger (``Ledger.rollback_summary``)."""
     with ctx.db.transaction() as conn:
-        row = conn.execute(
-            q("rollback_summary"), {"run_id": run_id, "chunk_no": chunk_no}
-        ).fetchone()
-    assert row is not None
-    return {
-        "chunks": int(row["chunks"]),
-        "restored": int(row["restored"]),
-        "kept": int(row["kept"]),
-        "gone": int(row["gone"]),
-        "overwritten": int(row["overwritten"]),
-        "failed_chunks": int(row["failed"]),
-        "error": row["error"],
-    }
+        return ctx.ledger.rollback_summary(conn, run_id, chunk_no)
 
 
 # -- following a run -------------------------------------------------------------------------

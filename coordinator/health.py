@@ -37,9 +37,7 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
         ).fetchall()
         disk = conn.execute(q("backup_bytes"), {"run_id": run_id}).fetchone()
         raised = conn.execute(q("recent_alerts"), {"run_id": run_id}).fetchall()
-        undone = conn.execute(
-            q("rollback_summary"), {"run_id": run_id, "chunk_no": None}
-        ).fetchone()
+        undone = ctx.ledger.rollback_summary(conn, run_id)
         now = conn.execute("SELECT clock_timestamp() AS t").fetchone()
     assert now is not None
     chunks = {
@@ -174,19 +172,9 @@ def health(ctx: Context, run_id: int) -> dict[str, Any]:
     }
 
 
-def _rollback(status: str, row: Any) -> dict[str, Any] | None:
-    """A rolling back or rolled back run's restore counts (see ``commands.rollback_result``)."""
-    if status not in ("rolling_back", "rolled_back", "rollback_failed") or row is None:
-        return None
-    return {
-        "chunks": int(row["chunks"]),
-        "restored": int(row["restored"]),
-        "kept": int(row["kept"]),
-        "gone": int(row["gone"]),
-        "overwritten": int(row["overwritten"]),
-        "failed_chunks": int(row["failed"]),
-        "error": row["error"],
-    }
+def _rollback(status: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """A rolling back or rolled back run's restore counts (``Ledger.rollback_summary``)."""
+    return summary if status in ("rolling_back", "rolled_back", "rollback_failed") else None
 
 
 def lock_storm(retries: list[dict[str, Any]]) -> dict[str, str] | None:

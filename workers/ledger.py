@@ -197,6 +197,25 @@ class Ledger:
             raise NotFound(f"no run {run_id}")
         return Run.from_row(row)
 
+    @staticmethod
+    def rollback_summary(conn: Conn, run_id: int, chunk_no: int | None = None) -> dict[str, Any]:
+        """A rollback's counts: chunks restored, rows restored, rows left to the application
+        (changed: ``kept``; deleted: ``gone``), rows ``overwritten`` (--force), chunks whose
+        restore failed and the first of their (masked) errors."""
+        row = conn.execute(
+            q("rollback_summary"), {"run_id": run_id, "chunk_no": chunk_no}
+        ).fetchone()
+        assert row is not None
+        return {
+            "chunks": int(row["chunks"]),
+            "restored": int(row["restored"]),
+            "kept": int(row["kept"]),
+            "gone": int(row["gone"]),
+            "overwritten": int(row["overwritten"]),
+            "failed_chunks": int(row["failed"]),
+            "error": row["error"],
+        }
+
     def spec_digest(self, conn: Conn, run_id: int) -> str:
         row = conn.execute(q("spec_digest"), {"run_id": run_id}).fetchone()
         if row is None:
