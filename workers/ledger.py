@@ -420,6 +420,13 @@ class Ledger:
             rows = conn.execute(q("requeue_expired")).fetchall()
         return [(r["run_id"], r["chunk_no"], r["queue"]) for r in rows]
 
+    def requeue_stalled_restores(self, stall_seconds: float) -> list[tuple[int, int, str | None]]:
+        """(run, chunk, the run's queue) of restores asked for ``stall_seconds`` ago that no
+        worker holds: their task was lost; asked for again now."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(q("requeue_stalled_restores"), {"stall": stall_seconds})
+            return [(r["run_id"], r["chunk_no"], r["queue"]) for r in rows]
+
     def abandoned_walks(self, stall_seconds: float) -> list[int]:
         """Runs whose launch stopped recording their chunks ``stall_seconds`` ago or more."""
         with self.db.transaction() as conn:

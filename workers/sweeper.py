@@ -41,7 +41,8 @@ def sweep(
     ``stall_seconds`` is given, the pending chunks of a run that has had no activity
     for that long while its queue is empty (the queue itself was lost, or a send after a
     release): a window of them is sent again, and they release the rest. Sending a chunk
-    twice is harmless: the second delivery finds it done.
+    twice is harmless: the second delivery finds it done. Restores asked for that long ago
+    and held by no worker are sent again too (a restore is as idempotent).
     """
     expired = ledger.requeue_expired()
     by_run: dict[tuple[int, str | None], list[int]] = {}
@@ -57,6 +58,12 @@ def sweep(
                 continue  # its tasks are still waiting behind others
             sent = send_window(ledger, dispatcher, run_id, limits, queue=queue, again=True)
             log.warning("run %s stalled: %d of its pending chunks sent again", run_id, len(sent))
+        restores: dict[tuple[int, str | None], list[int]] = {}
+        for run_id, chunk_no, queue in ledger.requeue_stalled_restores(stall_seconds):
+            restores.setdefault((run_id, queue), []).append(chunk_no)
+        for (run_id, queue), chunks in restores.items():
+            log.warning("rollback of run %s stalled: %d restore(s) sent again", run_id, len(chunks))
+            dispatcher.send_rollbacks(run_id, chunks, queue=queue)
     return expired
 
 

@@ -242,12 +242,6 @@ def test_a_rewritten_stored_spec_is_not_executed(
 # --------------------------------------------------------------------------- crashes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adversary: a worker SIGKILLed while a chunk's restore waits on a row lock (its "
-    "rollback task retrying in worker memory) leaves the run rolling_back for good: a new "
-    "worker never gets the chunk again (no lease sweep of restores; 240 s seen)",
-)
 def test_a_worker_killed_mid_restore_leaves_a_rollback_that_still_finishes(
     pool: WorkerPool,
     own_env: dict[str, str],

@@ -452,6 +452,20 @@ SELECT r.id, r.params->>'queue' AS queue, r.params->'limits' AS limits
                      AND greatest(c.started_at, c.finished_at)
                          > clock_timestamp() - make_interval(secs => %(stall)s));
 
+-- name: requeue_stalled_restores
+-- Chunks a rolling back run asked to restore, still done after ``stall`` seconds with no restore
+-- holding them (SKIP LOCKED passes over one at work): their task was lost with a killed worker
+-- (a retry waiting in its memory). Asked again now, and not again for another ``stall``.
+WITH due AS (
+  SELECT c.run_id, c.chunk_no FROM ferry.chunks c JOIN ferry.runs r ON r.id = c.run_id
+   WHERE r.status = 'rolling_back' AND c.status = 'done' AND c.restore_failed_at IS NULL
+     AND c.restore_requested_at < clock_timestamp() - make_interval(secs => %(stall)s)
+   FOR NO KEY UPDATE OF c SKIP LOCKED)
+UPDATE ferry.chunks c SET restore_requested_at = clock_timestamp()
+  FROM due, ferry.runs r
+ WHERE c.run_id = due.run_id AND c.chunk_no = due.chunk_no AND r.id = c.run_id
+RETURNING c.run_id, c.chunk_no, r.params->>'queue' AS queue;
+
 -- name: run_control
 SELECT status, params->'limits' AS limits, target_rows FROM ferry.runs WHERE id = %(run_id)s;
 
