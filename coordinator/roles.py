@@ -14,6 +14,8 @@ privileges. The grants, and why:
   the spec digest each launch records), and INSERT (never
   SELECT) on raw quarantined values. Write access to the migrated table's target columns
   is per table: ``GRANT SELECT, UPDATE (col, ...) ON app.table TO ferry_worker``.
+- Neither ``ferry_coordinator`` nor ``ferry_worker`` may UPDATE a run's ``spec`` (nor a worker
+  its ``params``): what runs is what was planned.
 - ``ferry_monitor``: dashboards and ``ferry status``/``ferry audit``. SELECT on the
   ledger, except raw quarantined values and pre-image tables (both hold PHI), and no
   EXECUTE on ``ferry.mask()``: to a role that cannot read the data, masking candidates
@@ -50,6 +52,12 @@ _SENSITIVE = ("quarantine_values", "meta")
 _OWNER_ONLY = ("mask_secret",)
 _AUDIT_ONLY_INSERT = ("audit_log",)
 _CHAIN = "audit_chain"
+
+# Columns a role may not UPDATE although it updates the table: what runs is what was planned,
+# so no runtime role rewrites a run's spec (nor a worker its parameters).
+_FROZEN: dict[str, dict[str, tuple[str, ...]]] = {
+    "runs": {COORDINATOR: ("spec",), WORKER: ("spec", "params")},
+}
 
 # What a worker does to each ledger table (tables a ledger version lacks are skipped).
 _WORKER_TABLES: dict[str, tuple[str, ...]] = {
@@ -109,6 +117,27 @@ def _grant(conn: Conn, privileges: tuple[str, ...], table: str, role: str) -> No
     )
 
 
+def _update_all_but(conn: Conn, table: str, role: str, frozen: tuple[str, ...]) -> None:
+    """UPDATE on every column of ``table`` but ``frozen``, instead of on the whole table."""
+    rows = conn.execute(
+        "SELECT attname AS name FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (sql.Identifier("ferry", table).as_string(conn),),
+    ).fetchall()
+    names = [r[0] if isinstance(r, tuple) else r["name"] for r in rows]
+    ident = sql.Identifier(role)
+    conn.execute(
+        sql.SQL("REVOKE UPDATE ON {t} FROM {r}").format(t=sql.Identifier("ferry", table), r=ident)
+    )
+    conn.execute(
+        sql.SQL("GRANT UPDATE ({cols}) ON {t} TO {r}").format(
+            cols=sql.SQL(", ").join(sql.Identifier(n) for n in names if n not in frozen),
+            t=sql.Identifier("ferry", table),
+            r=ident,
+        )
+    )
+
+
 def create_roles(conn: Conn) -> dict[str, Any]:
     """Create the group roles and grant them on the ledger; idempotent, one transaction."""
     created = [role for role in ROLES if _create(conn, role)]
@@ -146,6 +175,10 @@ def create_roles(conn: Conn) -> dict[str, Any]:
             _grant(conn, ("SELECT",), table, MONITOR)
         if table in _WORKER_TABLES:
             _grant(conn, _WORKER_TABLES[table], table, WORKER)
+    for table, roles in _FROZEN.items():
+        if table in tables:
+            for role, frozen in roles.items():
+                _update_all_but(conn, table, role, frozen)
     if "mask_secret" in tables:
         conn.execute(
             sql.SQL("GRANT EXECUTE ON FUNCTION ferry.mask(text) TO {c}, {w}").format(

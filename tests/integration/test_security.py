@@ -342,6 +342,14 @@ def test_roles(scratch: tuple[str, dict[str, str]]) -> None:
                     with pytest.raises(psycopg.errors.InsufficientPrivilege):
                         conn.execute(statement)
             with psycopg.connect(as_[worker], autocommit=True) as conn:
+                conn.execute("UPDATE ferry.runs SET status = status WHERE id = 999")
+                for statement in (  # what runs is what was planned
+                    "UPDATE ferry.runs SET spec = '{}' WHERE id = 999",
+                    "UPDATE ferry.runs SET params = '{}' WHERE id = 999",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        conn.execute(statement)
+            with psycopg.connect(as_[worker], autocommit=True) as conn:
                 conn.execute(
                     "INSERT INTO ferry.audit_log (actor, host, action) VALUES ('w', 'h', 'x')"
                 )
