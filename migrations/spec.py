@@ -18,7 +18,7 @@ from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any, Literal
 
 from migrations.classification import check_columns as check_phi
-from migrations.errors import SpecError
+from migrations.errors import BadInput, SpecError
 from migrations.identifiers import QualifiedName, check_expression, check_name
 from migrations.named import Step, parse_steps
 from migrations.named import build as build_named
@@ -151,7 +151,13 @@ class Backfill:
         if isinstance(self.allow_functions, str):
             raise SpecError("allow_functions must be a list of function names")
         for function in self.allow_functions:
-            QualifiedName.parse(function)  # a name, or schema.name
+            try:
+                QualifiedName.parse(function)  # a name, or schema.name
+            except BadInput:
+                raise SpecError(
+                    f"allow_functions entry {str(function)[:63]!r} is not a function name "
+                    "(name or schema.name)"
+                ) from None
         object.__setattr__(self, "allow_functions", tuple(self.allow_functions))
         check_name(self.key, "key column")
         writes = tuple(self.writes)
