@@ -92,7 +92,10 @@ class Gate:
 
     def control(self, run_id: int) -> tuple[str, Limits]:
         cached = self._control.get(run_id)
-        if cached and self.clock() - cached[0] < CONTROL_TTL:
+        # Only "running" is taken from the cache: a task that finds its run paused or stopped
+        # asks the ledger, or a `ferry resume` within the cache's second would see its tasks
+        # deferred by a stale "paused" and the run stall until the sweep sends them again.
+        if cached and cached[1] == "running" and self.clock() - cached[0] < CONTROL_TTL:
             return cached[1], cached[2]
         with self.db.transaction() as conn:
             row = conn.execute(q("run_control"), {"run_id": run_id}).fetchone()

@@ -242,3 +242,39 @@ def test_cancel_finishes_in_flight_chunks_then_rollback_restores(
     assert done_rows == written  # every done chunk whole, nothing of the others
     assert ferry("rollback", str(run_id), "--wait", env=own_env).returncode == 0
     assert fingerprint(db, "cancelled") == before
+
+
+def test_a_resume_is_seen_at_once_though_the_pause_was_cached(
+    db: psycopg.Connection[Any], database_url: str, ledger_ready: None
+) -> None:
+    """The gate keeps a run's state a second; only "running" comes from that cache. A run
+    resumed within the second must not have its tasks deferred (they would wait for the stall
+    sweep, 90 s by default)."""
+    from workers.db import Database
+    from workers.gate import Gate
+    from workers.settings import Settings
+    from workers.throttle import MemoryLimiter
+
+    row = db.execute(
+        "INSERT INTO ferry.runs (backfill, status, spec, created_by) "
+        "VALUES ('x', 'paused', '{}', 'pytest') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    run_id = int(row[0])
+    now = [0.0]
+    gate = Gate(
+        Database(Settings.from_env({}, database_url=database_url)),
+        MemoryLimiter(),
+        lease=5,
+        clock=lambda: now[0],
+    )
+    try:
+        assert gate.control(run_id)[0] == "paused"
+        db.execute("UPDATE ferry.runs SET status = 'running' WHERE id = %s", (run_id,))
+        assert gate.control(run_id)[0] == "running"  # same instant: not the cached pause
+        db.execute("UPDATE ferry.runs SET status = 'paused' WHERE id = %s", (run_id,))
+        assert gate.control(run_id)[0] == "running"  # a second of "running" is cached
+        now[0] += 2
+        assert gate.control(run_id)[0] == "paused"
+    finally:
+        db.execute("DELETE FROM ferry.runs WHERE id = %s", (run_id,))
