@@ -372,6 +372,12 @@ def test_a_restore_left_idle_ends_and_frees_its_rows(
     assert spec is not None
     settings = Settings(database_url=database_url, idle_timeout_ms=500)
     statements = Statements(RunSpec.from_dict(spec[0]), run_id)
+    # what `ferry rollback` does as it starts: ask for the chunk's restore (ledger v17)
+    db.execute(
+        "UPDATE ferry.chunks SET restore_requested_at = clock_timestamp() "
+        "WHERE run_id = %s AND chunk_no = 0",
+        (run_id,),
+    )
     # not a context manager: leaving one would commit on a session the server has ended
     cut_off = psycopg.connect(database_url, row_factory=dict_row)
     try:
