@@ -106,7 +106,7 @@ def main(
     "--roles",
     is_flag=True,
     help="Also create the group roles ferry_coordinator, ferry_worker, ferry_monitor, "
-    "ferry_unmask and grant them on the ledger (see README, Security).",
+    "ferry_unmask and grant them on the ledger (see docs/security.md).",
 )
 @click.pass_obj
 @_guarded

@@ -2,7 +2,7 @@
 
 Counts, rows and durations come from the ledger (the truth, which survives a
 Redis flush); Redis adds what only it has: recent error events and worker
-heartbeats (cpu, memory). Thresholds, documented in the README:
+heartbeats (cpu, memory). Thresholds, documented in docs/operations.md:
 failed when the run failed or any chunk failed; degraded when a chunk's
 lease expired (stalled), more than 1 % of processed rows were quarantined,
 or chunks were retried in the last minute (with a lock_timeouts alert from five lock
