@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,25 +132,29 @@ def _expands(value: dict[str, Any]) -> bool:
     return bool(fields) and "A_Star" in fields[-1]
 
 
-def _refuse_side_effects(tree: object, what: str, functions_ok: bool) -> None:
-    """Walk the parse tree (iteratively: a deeply nested expression must not overflow)."""
+def _nodes(tree: object) -> Iterator[tuple[str, Any]]:
+    """Every (key, value) of a parse tree, walked iteratively: a deeply nested expression
+    must not overflow the stack."""
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            if key in _WRITES:
-                raise ExpressionError(f"{what} may not write or lock rows")
-            if key == "FuncCall" and not functions_ok:
-                name = value["funcname"][-1]["String"]["sval"]
-                if _SIDE_EFFECTS.fullmatch(name):
-                    shown = name if len(name) <= 63 else "<name>"
-                    raise ExpressionError(f"{what} calls {shown}(), which has side effects")
-            stack.append(value)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                yield key, value
+                stack.append(value)
+
+
+def _refuse_side_effects(tree: object, what: str, functions_ok: bool) -> None:
+    for key, value in _nodes(tree):
+        if key in _WRITES:
+            raise ExpressionError(f"{what} may not write or lock rows")
+        if key == "FuncCall" and not functions_ok:
+            name = value["funcname"][-1]["String"]["sval"]
+            if _SIDE_EFFECTS.fullmatch(name):
+                shown = name if len(name) <= 63 else "<name>"
+                raise ExpressionError(f"{what} calls {shown}(), which has side effects")
 
 
 _OPERATOR_KINDS = ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL")
@@ -158,25 +163,14 @@ _OPERATOR_KINDS = ("AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL")
 def called_functions(text: str) -> set[tuple[str | None, str]]:
     """(schema or None, name) of every function and operator ``text`` calls (it has passed
     ``check_expression``): what the catalog must vouch for before it runs on patient rows."""
-    tree = json.loads(parser.parse_sql_json(f"SELECT {text}"))
     found: set[tuple[str | None, str]] = set()
-    stack: list[object] = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            names = None
-            if key == "FuncCall":
-                names = value.get("funcname")
-            elif key == "A_Expr" and value.get("kind") in _OPERATOR_KINDS:
-                names = value.get("name")
-            if names:
-                parts = [n["String"]["sval"] for n in names if "String" in n]
-                if parts:
-                    found.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
-            stack.append(value)
+    for key, value in _nodes(json.loads(parser.parse_sql_json(f"SELECT {text}"))):
+        names = None
+        if key == "FuncCall":
+            names = value.get("funcname")
+        elif key == "A_Expr" and value.get("kind") in _OPERATOR_KINDS:
+            names = value.get("name")
+        parts = [n["String"]["sval"] for n in names or () if "String" in n]
+        if parts:
+            found.add((parts[-2] if len(parts) > 1 else None, parts[-1]))
     return found
